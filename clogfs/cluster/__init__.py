@@ -1,0 +1,1 @@
+"""clogfs.cluster package."""

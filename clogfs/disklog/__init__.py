@@ -1,0 +1,1 @@
+"""clogfs.disklog package."""

@@ -1,0 +1,1 @@
+"""clogfs.fusefs package."""

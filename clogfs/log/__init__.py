@@ -1,0 +1,1 @@
+"""clogfs.log package."""

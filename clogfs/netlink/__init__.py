@@ -1,0 +1,1 @@
+"""clogfs.netlink package."""
