@@ -1,1 +1,1 @@
-"""clogfs.cluster package."""
+"""Cluster coherence: the ordered-group interface and its backends."""

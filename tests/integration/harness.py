@@ -1,0 +1,96 @@
+"""Run a real clogfsd process for integration tests, as users do.
+
+The daemon runs from the project's venv with ``--kernel-port`` pointing at a kernel
+emulator's netlink port, a private lock file and runtime directory, and (by default) no
+view. Readiness is systemd's protocol: the harness binds a ``NOTIFY_SOCKET`` and waits for
+``READY=1`` (never a sleep).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+CLOGFSD = [sys.executable, "-m", "clogfs.cli"]
+
+
+@dataclass
+class Daemon:
+    """A running clogfsd."""
+
+    process: trio.Process
+    stderr_path: Path
+    notify: socket.socket
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    async def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
+        """Poll the daemon's stderr until ``needle`` appears; returns the text."""
+        with trio.fail_after(timeout):
+            while True:
+                text = self.stderr()
+                if needle in text:
+                    return text
+                await trio.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 10.0) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def run_clogfsd(
+    tmp_path: Path,
+    *,
+    kernel_port: int,
+    args: Sequence[str] = (),
+    mount: Path | None = None,
+    ready_timeout: float = 15.0,
+) -> AsyncIterator[Daemon]:
+    """Start clogfsd, wait for READY=1, yield it; kill it (SIGKILL) if still running at exit."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    notify_path = tmp_path / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    stderr_path = tmp_path / "clogfsd.stderr"
+    argv = [*CLOGFSD, "--kernel-port", str(kernel_port),
+            "--lock-file", str(tmp_path / "clogfsd.lock"),
+            "--runtime-dir", str(tmp_path / "run")]
+    argv += ["--mount", str(mount)] if mount is not None else ["--no-mount"]
+    argv += list(args)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
+    with open(stderr_path, "wb") as err:
+        process = await trio.lowlevel.open_process(argv, stdin=None, stdout=err, stderr=err,
+                                                  env=env)
+    daemon = Daemon(process, stderr_path, notify)
+    try:
+        with trio.fail_after(ready_timeout):
+            while True:
+                with trio.move_on_after(0.1):
+                    await trio.lowlevel.wait_readable(notify)
+                    if b"READY=1" in notify.recv(4096).split(b"\n"):
+                        break
+                if process.poll() is not None:
+                    raise RuntimeError(f"clogfsd exited with {process.returncode} before READY=1:"
+                                       f"\n{daemon.stderr()}")
+        yield daemon
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+            with trio.move_on_after(5):
+                await process.wait()
+        notify.close()
