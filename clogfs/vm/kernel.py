@@ -45,8 +45,9 @@ REQUIRED_MODULES: tuple[str, ...] = (
     "dm-log-userspace",
     "loop",
 )
-# Loaded when the kernel ships them; the `error` target is built into dm-mod.
-OPTIONAL_MODULES: tuple[str, ...] = ("dm-flakey",)
+# Loaded when the kernel ships them: dm-flakey fails a log device on demand (the `error`
+# target is built into dm-mod); fuse lets clogfsd mount its view in the guest.
+OPTIONAL_MODULES: tuple[str, ...] = ("dm-flakey", "fuse")
 
 
 class KernelPrepareError(RuntimeError):
