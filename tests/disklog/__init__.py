@@ -1,0 +1,1 @@
+"""Tests of the disk log format and device I/O."""

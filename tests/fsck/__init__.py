@@ -1,0 +1,1 @@
+"""Tests of clog-fsck: image fixtures, modes, exit bits."""
