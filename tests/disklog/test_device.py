@@ -1,0 +1,391 @@
+"""The log device shell: resolution, O_DIRECT I/O, ordering, cancellation, failures."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clogfs.disklog.device import (
+    LogDevice,
+    LogWriteError,
+    _parse_major_minor,
+    resolve_log_device,
+)
+from clogfs.disklog.format import IMAGE_FILE_BLOCK_SIZE
+from clogfs.errors import LocalProtocolError, LogDeviceError
+from tests.disklog.failfs import SetFail
+
+BLOCK = IMAGE_FILE_BLOCK_SIZE
+
+
+async def open_device(word: str | Path, private_dir: Path, **kwargs: Path) -> LogDevice:
+    return await trio.to_thread.run_sync(
+        lambda: LogDevice.open(str(word), private_dir=private_dir, **kwargs)
+    )
+
+
+def read_plain(path: Path, offset: int, length: int) -> bytes:
+    """Read through the page cache with a separate descriptor, as an outside observer."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def major_minor(path: Path) -> str:
+    rdev = path.stat().st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def stat_of(path: Path) -> os.stat_result:
+    return os.stat(path)
+
+
+def listing(path: Path) -> list[Path]:
+    return list(path.iterdir())
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+# ------------------------------------------------------------------ resolution
+
+
+async def test_regular_file_facts(image_file: Path, private_dir: Path) -> None:
+    st_ = stat_of(image_file)
+    async with await open_device(image_file, private_dir) as dev:
+        assert dev.info.name == str(image_file)
+        assert dev.info.dev_number == f"{os.major(st_.st_dev)}:{os.minor(st_.st_dev)}"
+        assert dev.info.identity == (st_.st_dev, st_.st_ino)
+        assert dev.info.logical_block_size == IMAGE_FILE_BLOCK_SIZE
+        assert dev.info.size_bytes == st_.st_size
+        assert dev.info.path == str(image_file)
+
+
+@pytest.mark.root
+async def test_block_device_by_path_facts(loop_device: Path, private_dir: Path) -> None:
+    rdev = stat_of(loop_device).st_rdev
+    async with await open_device(loop_device, private_dir) as dev:
+        assert dev.info.name == major_minor(loop_device)
+        assert dev.info.dev_number == major_minor(loop_device)
+        assert dev.info.identity == (rdev, 0)
+        assert dev.info.logical_block_size == 512  # a loop device's default
+        assert dev.info.size_bytes == 1 << 20
+        assert dev.info.path == str(loop_device)
+
+
+@pytest.mark.root
+def test_major_minor_via_dev_block(loop_device: Path, tmp_path: Path, private_dir: Path) -> None:
+    dev_dir = tmp_path / "dev"
+    (dev_dir / "block").mkdir(parents=True)
+    word = major_minor(loop_device)
+    (dev_dir / "block" / word).symlink_to(loop_device)
+    path, private = resolve_log_device(
+        word, private_dir=private_dir, dev_dir=dev_dir, sysfs_dir=tmp_path / "nosys"
+    )
+    assert (path, private) == (dev_dir / "block" / word, False)
+
+
+@pytest.mark.root
+def test_major_minor_via_sysfs_devname(loop_device: Path, private_dir: Path) -> None:
+    # /dev has no block/ directory on this kind of machine; the real sysfs names the node.
+    dev_dir = loop_device.parent
+    path, private = resolve_log_device(
+        major_minor(loop_device), private_dir=private_dir, dev_dir=dev_dir
+    )
+    assert (path, private) == (loop_device, False)
+
+
+@pytest.mark.root
+def test_major_minor_skips_a_dev_block_link_to_another_device(
+    loop_device: Path, tmp_path: Path, private_dir: Path
+) -> None:
+    dev_dir = tmp_path / "dev"
+    (dev_dir / "block").mkdir(parents=True)
+    word = major_minor(loop_device)
+    (dev_dir / "block" / word).symlink_to("/dev/null")  # wrong st_rdev
+    (dev_dir / loop_device.name).symlink_to(loop_device)
+    path, private = resolve_log_device(word, private_dir=private_dir, dev_dir=dev_dir)
+    assert (path, private) == (dev_dir / loop_device.name, False)
+
+
+@pytest.mark.root
+async def test_major_minor_via_private_node(
+    loop_device: Path, tmp_path: Path, private_dir: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    word = major_minor(loop_device)
+    dev = await open_device(word, private_dir, dev_dir=empty, sysfs_dir=empty)
+    node = Path(dev.info.path)
+    assert node.parent == private_dir
+    assert stat.S_ISBLK(stat_of(node).st_mode)
+    assert stat_of(node).st_rdev == stat_of(loop_device).st_rdev
+    assert dev.info.name == word
+    await dev.aclose()
+    assert listing(private_dir) == []
+
+
+@pytest.mark.root
+async def test_major_minor_of_no_device_is_the_open_errno(
+    tmp_path: Path, private_dir: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LogDeviceError) as caught:
+        await open_device("4095:7", private_dir, dev_dir=empty, sysfs_dir=empty)
+    assert caught.value.errno == errno.ENXIO
+    assert "4095:7" in str(caught.value)
+    assert listing(private_dir) == []  # the private node is gone again
+
+
+async def test_missing_path_is_enoent(tmp_path: Path, private_dir: Path) -> None:
+    word = str(tmp_path / "absent")
+    with pytest.raises(LogDeviceError) as caught:
+        await open_device(word, private_dir)
+    assert caught.value.errno == errno.ENOENT
+    assert word in str(caught.value)
+
+
+async def test_directory_is_enotblk(tmp_path: Path, private_dir: Path) -> None:
+    with pytest.raises(LogDeviceError) as caught:
+        await open_device(tmp_path, private_dir)
+    assert caught.value.errno == errno.ENOTBLK
+
+
+async def test_char_device_is_enotblk(private_dir: Path) -> None:
+    with pytest.raises(LogDeviceError) as caught:
+        await open_device("/dev/null", private_dir)
+    assert caught.value.errno == errno.ENOTBLK
+    assert "/dev/null" in str(caught.value)
+
+
+@pytest.mark.parametrize("word", ["relative/log.img", "7:", ":3", "7:x", "-7:3", "", "7:3:1"])
+def test_malformed_word_is_einval(word: str, private_dir: Path) -> None:
+    with pytest.raises(LogDeviceError) as caught:
+        resolve_log_device(word, private_dir=private_dir)
+    assert caught.value.errno == errno.EINVAL
+
+
+@given(st.integers(0, 4095), st.integers(0, (1 << 20) - 1))
+def test_major_minor_parses_every_valid_number(major: int, minor: int) -> None:
+    assert _parse_major_minor(f"{major}:{minor}") == os.makedev(major, minor)
+
+
+@given(st.text())
+def test_major_minor_parser_never_raises_anything_else(word: str) -> None:
+    try:
+        result: int | str | None = _parse_major_minor(word)
+    except LogDeviceError as exc:
+        result = f"errno {exc.errno}"
+    assert result is None or isinstance(result, int) or result == f"errno {errno.EINVAL}"
+
+
+@pytest.mark.parametrize("word", ["4096:0", "0:1048576"])
+def test_major_minor_out_of_range_is_einval(word: str) -> None:
+    with pytest.raises(LogDeviceError) as caught:
+        _parse_major_minor(word)
+    assert caught.value.errno == errno.EINVAL
+
+
+# ------------------------------------------------------------------------- I/O
+
+
+async def test_write_lands_at_offsets_on_a_file(image_file: Path, private_dir: Path) -> None:
+    a, b, c = b"A" * BLOCK, b"B" * BLOCK, b"C" * 2 * BLOCK
+    async with await open_device(image_file, private_dir) as dev:
+        await dev.write([(0, a), (BLOCK, b), (4 * BLOCK, c)], cache_flush=True)
+    assert read_plain(image_file, 0, 7 * BLOCK) == a + b + bytes(2 * BLOCK) + c + bytes(BLOCK)
+
+
+@pytest.mark.root
+async def test_write_lands_at_offsets_on_a_block_device(
+    loop_device: Path, private_dir: Path
+) -> None:
+    async with await open_device(loop_device, private_dir) as dev:
+        lbs = dev.info.logical_block_size
+        await dev.write([(lbs, b"x" * lbs), (3 * lbs, b"y" * lbs)], cache_flush=True)
+    expected = bytes(lbs) + b"x" * lbs + bytes(lbs) + b"y" * lbs
+    assert read_plain(loop_device, 0, 4 * lbs) == expected
+
+
+async def test_read_returns_the_whole_buffer(image_file: Path, private_dir: Path) -> None:
+    data = os.urandom(2 * BLOCK)
+    fd = os.open(image_file, os.O_WRONLY)
+    os.pwrite(fd, data, 0)
+    os.close(fd)
+    async with await open_device(image_file, private_dir) as dev:
+        assert await dev.read(2 * BLOCK) == data
+
+
+async def test_read_past_the_end_is_a_short_read(tmp_path: Path, private_dir: Path) -> None:
+    small = tmp_path / "small.img"
+    small.write_bytes(bytes(BLOCK))
+    async with await open_device(small, private_dir) as dev:
+        with pytest.raises(LogDeviceError) as caught:
+            await dev.read(2 * BLOCK)
+    assert caught.value.errno == errno.EIO
+    assert "short read" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "extents",
+    [
+        [(100, b"a" * BLOCK)],  # misaligned offset
+        [(0, b"a" * 100)],  # misaligned length
+        [(0, b"")],  # empty
+        [(BLOCK, b"a" * BLOCK), (0, b"b" * BLOCK)],  # out of order
+        [(0, b"a" * 2 * BLOCK), (BLOCK, b"b" * BLOCK)],  # overlapping
+        [((1 << 20) - BLOCK, b"a" * 2 * BLOCK)],  # beyond the end
+    ],
+)
+async def test_bad_extents_are_refused_before_any_io(
+    extents: list[tuple[int, bytes]], image_file: Path, private_dir: Path
+) -> None:
+    async with await open_device(image_file, private_dir) as dev:
+        with pytest.raises(LocalProtocolError):
+            await dev.write(extents, cache_flush=False)
+    assert read_plain(image_file, 0, 1 << 20) == bytes(1 << 20)
+
+
+async def test_bad_read_size_is_refused(image_file: Path, private_dir: Path) -> None:
+    async with await open_device(image_file, private_dir) as dev:
+        with pytest.raises(LocalProtocolError):
+            await dev.read(BLOCK + 1)
+
+
+async def test_concurrent_writes_reach_the_device_in_call_order(
+    image_file: Path, private_dir: Path
+) -> None:
+    order: list[int] = []
+
+    async with await open_device(image_file, private_dir) as dev:
+
+        async def write(i: int) -> None:
+            order.append(i)  # the same scheduling step as the hand-over to the writer
+            await dev.write([(0, i.to_bytes(4, "little") * (BLOCK // 4))], cache_flush=False)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(64):
+                nursery.start_soon(write, i)
+    assert sorted(order) == list(range(64))
+    assert read_plain(image_file, 0, 4) == order[-1].to_bytes(4, "little")
+
+
+async def test_a_cancelled_write_still_completes_in_order(
+    image_file: Path, private_dir: Path
+) -> None:
+    async with await open_device(image_file, private_dir) as dev:
+        with trio.CancelScope() as scope:
+            scope.cancel()  # cancelled before the caller ever waits
+            await dev.write([(0, b"1" * BLOCK)], cache_flush=True)
+        assert scope.cancelled_caught
+        await dev.write([(BLOCK, b"2" * BLOCK)], cache_flush=True)
+        # The second write ran after the first: both are on disk now.
+        assert read_plain(image_file, 0, 2 * BLOCK) == b"1" * BLOCK + b"2" * BLOCK
+
+
+async def test_cancellation_mid_wait_leaks_no_descriptor(
+    image_file: Path, private_dir: Path
+) -> None:
+    before = open_fds()
+    dev = await open_device(image_file, private_dir)
+    for i in range(20):
+        with trio.move_on_after(0.00001 * i):
+            await dev.write([(0, bytes([i]) * BLOCK)], cache_flush=True)
+    await dev.aclose()
+    assert read_plain(image_file, 0, 1) == bytes([19])
+    assert open_fds() == before
+
+
+async def test_aclose_is_idempotent_and_refuses_later_io(
+    image_file: Path, private_dir: Path
+) -> None:
+    dev = await open_device(image_file, private_dir)
+    await dev.aclose()
+    await dev.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await dev.write([(0, bytes(BLOCK))], cache_flush=False)
+    with pytest.raises(trio.ClosedResourceError):
+        await dev.read(BLOCK)
+
+
+async def test_aclose_waits_for_queued_writes(image_file: Path, private_dir: Path) -> None:
+    dev = await open_device(image_file, private_dir)
+
+    async def write(i: int) -> None:
+        await dev.write([(i * BLOCK, b"w" * BLOCK)], cache_flush=False)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(write, i)
+        await trio.testing.wait_all_tasks_blocked()  # every write is submitted
+        await dev.aclose()
+    assert read_plain(image_file, 0, 8 * BLOCK) == b"w" * 8 * BLOCK
+
+
+# ------------------------------------------------------------------- failures
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_failed_write_is_a_write_error(
+    failfs_image: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    image, set_fail = failfs_image
+    async with await open_device(image, private_dir) as dev:
+        set_fail(write=True, fsync=False)
+        with pytest.raises(LogWriteError) as caught:
+            await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
+    assert caught.value.flush_failed is False
+    assert caught.value.errno == errno.EIO
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_failed_cache_flush_is_a_flush_error(
+    failfs_image: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    image, set_fail = failfs_image
+    async with await open_device(image, private_dir) as dev:
+        set_fail(write=False, fsync=True)
+        with pytest.raises(LogWriteError) as caught:
+            await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
+    assert caught.value.flush_failed is True
+    assert caught.value.errno == errno.EIO
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_write_without_cache_flush_does_not_flush(
+    failfs_image: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    image, set_fail = failfs_image
+    async with await open_device(image, private_dir) as dev:
+        set_fail(write=False, fsync=True)
+        await dev.write([(0, b"x" * BLOCK)], cache_flush=False)
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_writes_work_again_after_failures(
+    failfs_image: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    image, set_fail = failfs_image
+    async with await open_device(image, private_dir) as dev:
+        set_fail(write=True, fsync=True)
+        with pytest.raises(LogWriteError):
+            await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
+        set_fail(write=False, fsync=False)
+        await dev.write([(0, b"y" * BLOCK), (BLOCK, b"z" * BLOCK)], cache_flush=True)
+        assert await dev.read(2 * BLOCK) == b"y" * BLOCK + b"z" * BLOCK
