@@ -37,6 +37,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from clogfs.fusefs.inodes import directory_names
 from clogfs.snapshot import LogSnapshot, RequestRecord, RequestStats
 
 #: upper bounds of the request latency histogram, seconds
@@ -275,10 +276,6 @@ class Metrics:
 
     @staticmethod
     def _render_snapshots(out: _Exposition, snapshots: Iterable[LogSnapshot]) -> None:
-        # Imported here: the view's naming lives with the view, and importing the fusefs
-        # package at module level would pull in pyfuse3 for every user of Metrics.
-        from clogfs.fusefs.inodes import directory_names
-
         named = directory_names(snapshots)
         states = Counter(snap.state for snap in named.values())
         out.family("logs", "gauge", "Live log instances by lifecycle state.")
