@@ -446,7 +446,8 @@ def encode_request(
         seq: the header ``seq``.
         request_type: the whole u32 ``request_type`` field.
         uuid: 0-128 bytes without NUL (empty only to build malformed requests).
-        luid: mainline only; must be 0 for take 5.
+        luid: mainline only; ignored for take 5, whose header has no such field (callers
+            drive both formats with one set of arguments).
         version: mainline only; ignored for take 5, which has no such field.
         data: the payload.
         cn_seq: ``cn_msg.seq`` and ``nlmsg_seq``; defaults to ``seq`` as the kernel does.
@@ -467,8 +468,6 @@ def encode_request(
     if protocol is Protocol.ULOG:
         header = ULOG_HEADER.pack(luid, uuid, b"", version, 0, seq, request_type, len(data))
     else:
-        if luid:
-            raise LocalProtocolError("take-5 requests carry no luid")
         header = TAKE5_HEADER.pack(uuid, b"", 0, seq, request_type, len(data))
     if CN_MSG_HDRLEN + len(header) + len(data) > CONNECTOR_MAX_MSG_SIZE:
         raise LocalProtocolError(f"request payload of {len(data)} bytes is too large")

@@ -523,9 +523,11 @@ def test_decode_request_refuses_the_other_shape(protocol: Protocol) -> None:
         decode_request(other, protocol)
 
 
-def test_encode_request_refuses_a_take5_luid() -> None:
-    with pytest.raises(LocalProtocolError):
-        encode_request(Protocol.TAKE5, seq=1, request_type=1, uuid=b"U", luid=1)
+def test_encode_request_ignores_luid_and_version_for_take5() -> None:
+    plain = encode_request(Protocol.TAKE5, seq=1, request_type=1, uuid=b"U")
+    assert (
+        encode_request(Protocol.TAKE5, seq=1, request_type=1, uuid=b"U", luid=9, version=1) == plain
+    )
 
 
 @pytest.mark.parametrize("uuid", [b"a\0b", b"u" * 129])
