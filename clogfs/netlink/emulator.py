@@ -168,7 +168,7 @@ class KernelEmulator:
             version=version,
             data=data,
         )
-        waiter = self._waiters[seq] = _Waiter()
+        waiter = self._register(seq)
         try:
             await self.send_raw(datagram)
             return await self._wait(seq, waiter, timeout)
@@ -191,11 +191,18 @@ class KernelEmulator:
         reply = self._unclaimed.pop(cn_seq, None)
         if reply is not None:
             return reply
-        waiter = self._waiters[cn_seq] = _Waiter()
+        waiter = self._register(cn_seq)
         try:
             return await self._wait(cn_seq, waiter, timeout)
         finally:
             del self._waiters[cn_seq]
+
+    def _register(self, seq: int) -> _Waiter:
+        if seq in self._waiters:
+            raise ValueError(f"a caller already waits for the reply to seq {seq}")
+        self._unclaimed.pop(seq, None)  # a stale reply from before the counter wrapped
+        waiter = self._waiters[seq] = _Waiter()
+        return waiter
 
     async def _wait(self, seq: int, waiter: _Waiter, seconds: float | None) -> Reply:
         limit = self._timeout if seconds is None else seconds

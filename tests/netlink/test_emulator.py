@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
+import trio.testing
 
 from clogfs.netlink.emulator import EmulatedMirror, EmulatorError, open_kernel_emulator
 from clogfs.netlink.requests import (
@@ -438,3 +439,12 @@ async def test_mirror_suspend_resume_remove() -> None:
         T.POSTSUSPEND,
         T.DTR,
     ]
+
+
+async def test_two_waiters_for_one_seq_are_refused() -> None:
+    async with open_kernel_emulator(timeout=5) as emu, trio.open_nursery() as nursery:
+        nursery.start_soon(emu.expect_reply, 99)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ValueError, match="already waits"):
+            await emu.expect_reply(99)
+        nursery.cancel_scope.cancel()
