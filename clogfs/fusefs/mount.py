@@ -82,6 +82,14 @@ async def _carry_out_invalidations(receive: trio.MemoryReceiveChannel[Invalidati
                 log.warning("could not invalidate the view entry %r: %s", name, exc)
 
 
+def _invalidate_attributes(inode: int) -> None:
+    # attr_only: no page cache to drop (direct_io), and the kernel answers at once.
+    try:
+        pyfuse3.invalidate_inode(inode, attr_only=True)
+    except OSError as exc:
+        log.debug("could not invalidate the attributes of inode %d: %s", inode, exc)
+
+
 async def clean_stale_mount(mountpoint: Path) -> None:
     """Lazily unmount a mount left at ``mountpoint`` by a server that died.
 
@@ -166,7 +174,7 @@ async def serve_view(
     mountpoint = Path(mountpoint)
     await clean_stale_mount(mountpoint)
     mountpoint.mkdir(mode=0o755, parents=True, exist_ok=True)
-    ops = ViewOperations(source)
+    ops = ViewOperations(source, invalidate_attributes=_invalidate_attributes)
     try:
         pyfuse3.init(ops, str(mountpoint), mount_options(allow_other=allow_other))
     except RuntimeError as exc:

@@ -97,6 +97,9 @@ class ViewOperations(pyfuse3.Operations):
         source: the daemon's snapshots and facts.
         inodes: the inode table (shared with ``ViewHandle``, which invalidates entries).
         clock: seconds since the epoch, for ``uptime``.
+        invalidate_attributes: drops the kernel's cached attributes of an inode; called at
+            ``open`` so that ``fstat`` of the new handle sees the size of its rendering.
+            Mounted views pass ``pyfuse3.invalidate_inode``; tests in process pass nothing.
     """
 
     supports_dot_lookup = True
@@ -109,11 +112,13 @@ class ViewOperations(pyfuse3.Operations):
         inodes: InodeTable | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        invalidate_attributes: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.inodes = inodes if inodes is not None else new_inode_table()
         self._clock = clock
+        self._invalidate_attributes = invalidate_attributes
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
         self._handles = itertools.count(1)
@@ -162,7 +167,7 @@ class ViewOperations(pyfuse3.Operations):
         return attr
 
     def _file_size(self, inode: int, row: LogFile, snap: LogSnapshot) -> int:
-        if row.heavy:
+        if row.heavy or inode in self._rendered_size:
             return self._rendered_size.get(inode, 0)
         return len(row.render(snap))
 
@@ -286,7 +291,10 @@ class ViewOperations(pyfuse3.Operations):
             content = row.render(self.source.daemon_info(), self._clock())
         else:
             content = await self._render_log_file(_LOG_BY_NAME[ref.file_name], self._snapshot(ref))
-        self._rendered_size[inode] = len(content)
+        if self._rendered_size.get(inode) != len(content):
+            self._rendered_size[inode] = len(content)
+            if self._invalidate_attributes is not None:
+                self._invalidate_attributes(inode)
         fh = next(self._handles)
         self._files[fh] = OpenFile(inode, content)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)

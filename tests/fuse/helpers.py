@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -112,16 +113,22 @@ class FakeSource:
     def __init__(self, snapshots: Sequence[LogSnapshot] = (), **info: Any) -> None:
         self._snapshots = tuple(snapshots)
         self.metrics = "# HELP clogfs_up Always 1.\n# TYPE clogfs_up gauge\nclogfs_up 1\n"
+        self.metrics_error: Exception | None = None  # raised by metrics_text when set
         fields: dict[str, Any] = {
             "version": "0.1.0",
             "protocol": "ulog-v3",
             "node_id": NODE_ID,
             "cluster_state": "single",
             "started_at": STARTED_AT,
-            "metrics_text": lambda: self.metrics,
+            "metrics_text": self._metrics_text,
         }
         fields.update(info)
         self.info = DaemonInfo(**fields)
+
+    def _metrics_text(self) -> str:
+        if self.metrics_error is not None:
+            raise self.metrics_error
+        return self.metrics
 
     def set_snapshots(self, snapshots: Sequence[LogSnapshot]) -> None:
         """Replace the live instances."""
@@ -219,6 +226,21 @@ class ViewMount:
         assert not self._thread.is_alive(), "the view did not stop"
         if self._error is not None:
             raise self._error
+
+
+def mounted_options(mountpoint: Path) -> list[str] | None:
+    """The fsname and options of the mount at ``mountpoint`` in /proc/self/mounts, or None."""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            source, target, _, options, *_ = line.split()
+            if target == str(mountpoint):
+                return [source, *options.split(",")]
+    return None
+
+
+def force_unmount(mountpoint: Path) -> None:
+    """Lazily unmount whatever is at ``mountpoint`` (test clean-up; errors ignored)."""
+    subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, check=False)
 
 
 def replace(snapshot: LogSnapshot, **changes: Any) -> LogSnapshot:
