@@ -492,15 +492,14 @@ class LogDevice:
         )
         job = _Job(run, what, efd, stop=stop)
         self._queue.put(job)
-        waited = False
         try:
             while True:
-                try:
+                # Wait first: the job is never done this soon, and a failed read would cost
+                # a system call (and a GIL hand-over) per job.
+                await trio.lowlevel.wait_readable(efd)
+                with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(efd)
                     break
-                except BlockingIOError:
-                    waited = True
-                    await trio.lowlevel.wait_readable(efd)
         except BaseException:
             with job.lock:
                 if not job.done:
@@ -514,8 +513,6 @@ class LogDevice:
                 self._log_dropped(job, job.result.error)
             raise
         self._recycle(efd)
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
         assert job.result is not None
         return job.result.unwrap()
 
