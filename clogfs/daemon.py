@@ -109,15 +109,25 @@ def sd_notify(state: str) -> None:
             log.warning("cannot notify systemd (%s): %s", addr, exc)
 
 
-async def watch_signals(service: LogService, cancel_scope: trio.CancelScope) -> None:
-    """The one signal task: SIGTERM/SIGINT stop only while no log is live; SIGUSR1 dumps."""
+async def watch_signals(
+    service: LogService,
+    cancel_scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The one signal task: SIGTERM/SIGINT stop only while no log is live; SIGUSR1 dumps.
+
+    Reports ``started()`` once the handlers are installed, so READY=1 is never sent while
+    a SIGTERM could still kill the process the default way.
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGUSR1:
                 for line in service.describe():
                     log.info("state: %s", line)
                 continue
-            live = [i for i in service.registry.instances()]
+            live = service.registry.instances()
             if live:
                 names = ", ".join(sorted(service.describe_names()))
                 log.warning("%s refused: %d log(s) still live (%s); remove the mirrors first "
@@ -179,7 +189,7 @@ async def run_daemon(config: DaemonConfig) -> ExitCode:
                 except OSError as exc:
                     raise StartupError(f"cannot mount the view at {config.mount}: {exc}",
                                        ExitCode.MOUNT) from exc
-            nursery.start_soon(watch_signals, service, nursery.cancel_scope)
+            await nursery.start(watch_signals, service, nursery.cancel_scope)
             sd_notify("READY=1")
             log.info("ready")
     return ExitCode.OK

@@ -18,7 +18,7 @@ TARGET = 131072  # sectors: 128 regions of 1024
 
 def ctr_text(rig: Rig, uuid: bytes, args: str = "1024 nosync", *, disk: str | None = None) -> bytes:
     """The CTR string the kernel would send for a table with these log arguments."""
-    words = args.split()
+    words = args.split(" ")
     if rig.emu.protocol is Protocol.ULOG:
         kind = "clustered-disk" if disk else "clustered-core"
         dev = [disk] if disk else []
