@@ -219,7 +219,13 @@ def default_sync(ctx: Context) -> Result:
             r["status_at_start"] = mirror_status("kvt-sync")
             last = size // REGION_BYTES - 1  # resync runs upwards: the last region is last
             r["late_write"] = dd_write(dev, src=str(src), bs=REGION_BYTES, count=1, seek=last)
+            # Before the resync reaches it, the secondary already holds the write only if the
+            # write waited for that region's recovery (else it went to the primary alone).
+            r["late_write_on_secondary_at_once"] = (
+                read_bytes(b, last * REGION_BYTES, REGION_BYTES) == src.read_bytes()
+            )
             r["status_after_write"] = mirror_status("kvt-sync")
+            r["view"] = view_files("KVT-SYNC")
             r["in_sync_reached"] = wait_until(
                 lambda: (
                     (sync_counts(mirror_status("kvt-sync")) or (0, 1))[0] == size // REGION_BYTES
