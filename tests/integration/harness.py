@@ -8,9 +8,11 @@ view. Readiness is systemd's protocol: the harness binds a ``NOTIFY_SOCKET`` and
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -48,6 +50,19 @@ class Daemon:
     async def wait(self, timeout: float = 10.0) -> int:
         with trio.fail_after(timeout):
             return await self.process.wait()
+
+
+def unmount_stale(mount: Path) -> None:
+    """Lazily unmount a view a killed daemon left behind (ENOTCONN), if any."""
+    try:
+        os.stat(mount)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return
+    else:
+        if not os.path.ismount(mount):
+            return
+    subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
 
 
 @asynccontextmanager
@@ -93,4 +108,6 @@ async def run_clogfsd(
             process.send_signal(signal.SIGKILL)
             with trio.move_on_after(5):
                 await process.wait()
+        if mount is not None:
+            unmount_stale(mount)
         notify.close()
