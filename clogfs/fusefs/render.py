@@ -36,6 +36,7 @@ MAP_LEGEND = (
 )
 MAP_COLUMNS = 64  # cells per line of map.txt and per row of map.png
 MAP_MAX_CELLS = 64 * 64  # at most this many cells: larger logs get larger buckets
+RANGE_PIECE_BYTES = 8192  # zero_ranges expands at most this many bytes per C call
 PNG_CELL_PIXELS = 8  # a cell of the map is a square of this many pixels
 
 # Palette of map.png: one colour per cell state, and one for the unused cells after the last.
@@ -74,20 +75,32 @@ def zero_ranges(bits: bytes, region_count: int) -> str:
     """Return the regions whose bit is 0 as ranges ``a-b``, one per line (``a-a`` for one).
 
     Only the stretches of bytes that hold a 0 bit are expanded to one character per region,
-    so a mostly-set bitmap costs one C scan of its bytes.
+    so a mostly-set bitmap costs one C scan of its bytes. Stretches are expanded in pieces of
+    ``RANGE_PIECE_BYTES``, so no single C call holds the GIL for long when this runs in a
+    worker thread.
     """
     used = -(-region_count // 8)
     data = bits[:used].ljust(used, b"\x00")
     lines = []
+    pending: tuple[int, int] | None = None  # a run that may continue into the next piece
     for stretch in re.finditer(rb"[^\xff]+", data):
-        base = stretch.start() * 8
-        text = region_string(stretch.group(), (stretch.end() - stretch.start()) * 8)
-        for zeros in re.finditer("0+", text):
-            first = base + zeros.start()
-            if first >= region_count:
-                break
-            last = min(base + zeros.end(), region_count) - 1
-            lines.append(f"{first}-{last}\n")
+        for piece in range(stretch.start(), stretch.end(), RANGE_PIECE_BYTES):
+            piece_end = min(piece + RANGE_PIECE_BYTES, stretch.end())
+            text = region_string(data[piece:piece_end], (piece_end - piece) * 8)
+            base = piece * 8
+            for zeros in re.finditer("0+", text):
+                first = base + zeros.start()
+                if first >= region_count:
+                    break
+                last = min(base + zeros.end(), region_count) - 1
+                if pending is not None and pending[1] + 1 == first:
+                    pending = (pending[0], last)
+                    continue
+                if pending is not None:
+                    lines.append(f"{pending[0]}-{pending[1]}\n")
+                pending = (first, last)
+    if pending is not None:
+        lines.append(f"{pending[0]}-{pending[1]}\n")
     return "".join(lines)
 
 

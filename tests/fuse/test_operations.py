@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from typing import cast
 
 import pyfuse3
 import pytest
 
+from clogfs.fusefs import view as view_module
 from clogfs.fusefs.render import LOG_FILES, LogFile
 from clogfs.fusefs.view import ViewOperations, fuse_handler
 from clogfs.snapshot import LogSnapshot
@@ -198,3 +200,22 @@ async def test_fuse_errors_pass_the_decorator_unlogged(caplog: pytest.LogCapture
     with caplog.at_level(logging.DEBUG):
         await expect_errno(errno.ENOENT, refuse())
     assert caplog.records == []
+
+
+async def test_heavy_files_render_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+
+    def recording(snapshot: LogSnapshot) -> bytes:
+        threads.append(threading.get_ident())
+        return b"x"
+
+    monkeypatch.setitem(view_module._LOG_BY_NAME, "dirty", LogFile("dirty", recording, heavy=True))
+    monkeypatch.setitem(view_module._LOG_BY_NAME, "state", LogFile("state", recording))
+    ops, _ = ops_with()
+    for name in ("dirty", "state"):
+        attr = await lookup_path(ops, LOG, name)
+        assert await read_all(ops, attr.st_ino) == b"x"
+    loop_thread = threading.get_ident()
+    dirty_thread, *state_threads = threads  # state renders at lookup (for its size) and open
+    assert dirty_thread != loop_thread
+    assert state_threads == [loop_thread, loop_thread]

@@ -6,7 +6,9 @@ import ast
 import struct
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -207,6 +209,31 @@ def test_zero_ranges_match_a_naive_scan(
         value = int.from_bytes(bits, "little") | ~((1 << region_count) - 1)
         bits = (value & ((1 << len(bits) * 8) - 1)).to_bytes(len(bits), "little")
     assert render.zero_ranges(bits, region_count) == naive_zero_ranges(region_count, zeros)
+
+
+@pytest.mark.parametrize(
+    ("zeros", "expected"),
+    [
+        (range(65530, 65545), "65530-65544\n"),  # a run across two pieces
+        (range(65536, 65540), "65536-65539\n"),  # a run starting a piece
+        ([65535, 65536], "65535-65536\n"),
+        ([65534, 65537], "65534-65534\n65537-65537\n"),
+    ],
+)
+def test_zero_ranges_across_pieces(zeros: Sequence[int], expected: str) -> None:
+    assert render.RANGE_PIECE_BYTES * 8 == 65536
+    assert render.zero_ranges(bitmap(3 * 65536, zeros), 3 * 65536) == expected
+
+
+@given(region_count=st.integers(0, 100), data=st.data())
+def test_zero_ranges_in_tiny_pieces_match_a_naive_scan(
+    region_count: int, data: st.DataObject
+) -> None:
+    zeros = set(data.draw(st.lists(st.integers(0, max(0, region_count - 1)), max_size=60)))
+    zeros = {region for region in zeros if region < region_count}
+    with mock.patch.object(render, "RANGE_PIECE_BYTES", 1):
+        ranges = render.zero_ranges(bitmap(region_count, sorted(zeros)), region_count)
+    assert ranges == naive_zero_ranges(region_count, zeros)
 
 
 @given(
