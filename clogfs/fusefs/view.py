@@ -7,11 +7,12 @@ fixed at ``opendir``. Every other request stays ``ENOSYS``; the mount is read-on
 open for writing gets ``EACCES``. Every handler is wrapped in ``@fuse_handler``, so a bug
 here becomes ``EIO`` and one log line, never an exception out of ``pyfuse3.main()``.
 
-Sizes: ``st_size`` of a file nobody has opened yet is exact for the small files and the
-bitmaps (they are cheap to render at ``getattr``); for the O(regions) files (``dirty``,
-``out_of_sync``, ``map.txt``, ``map.png``) it is the size of the last rendering, 0 before
-the first ``open``. Files are opened with ``direct_io``, so reads never depend on
-``st_size``.
+Sizes: ``st_size`` of a file is the size of its most recent rendering at ``open`` (and the
+kernel's cached attributes are dropped at ``open``, so ``fstat`` of a new handle agrees with
+its content). Before its first ``open`` a small file or a bitmap reports its exact current
+size (cheap to render at ``getattr``); an O(regions) file (``dirty``, ``out_of_sync``,
+``map.txt``, ``map.png``) reports 0. Files are opened with ``direct_io``, so reads never
+depend on ``st_size``.
 """
 
 from __future__ import annotations
