@@ -92,8 +92,8 @@ class FsckContext:
         device_name: the path shown in messages.
         mode: how fixes are decided.
         out: where findings and questions are printed.
-        ask: reads one answer line after a question is printed (``ASK`` mode only); raises
-            ``EOFError`` at the end of input.
+        ask: reads one answer line after a question is printed (``ASK`` mode only); returns
+            ``""`` (as ``readline``) or raises ``EOFError`` at the end of input.
         expected_regions: the mirror's region count, when given on the command line.
         force: check the bitmap even if the header looks clean (``-f``).
         mark_all_dirty: ``--mark-all-dirty`` was given.
@@ -179,10 +179,14 @@ class FsckContext:
             self.out.write(f"{prompt.question}? [y/n/a] ")
             self.out.flush()
             try:
-                reply = self.ask().strip().lower()
+                line = self.ask()
             except (EOFError, KeyboardInterrupt) as exc:
                 self._print("")
                 raise CheckCancelled from exc
+            if not line:
+                self._print("")
+                raise CheckCancelled("end of input")
+            reply = line.strip().lower()
             if reply in ("y", "yes"):
                 return Answer.YES
             if reply in ("n", "no"):
