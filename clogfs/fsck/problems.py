@@ -24,6 +24,7 @@ import string
 from dataclasses import dataclass
 
 
+@enum.unique
 class ProblemCode(enum.IntEnum):
     """Stable problem codes, ``0xPPNNNN`` (pass, number)."""
 
