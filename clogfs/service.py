@@ -33,7 +33,7 @@ import trio
 
 from clogfs.cluster.group import Delivery, LocalGroup, OrderedGroup
 from clogfs.disklog.device import LogDevice, LogWriteError
-from clogfs.disklog.format import buffer_bytes
+from clogfs.disklog.format import buffer_bytes, decode_header
 from clogfs.errors import ClogfsError, KernelProtocolError, LogDeviceError, negative_errno
 from clogfs.log.instance import (
     AwaitCommit,
@@ -363,7 +363,15 @@ class LogService:
                 "%s: Failed to read header on dirty region log device (%s)",
                 instance.device.dev_number, exc)
             data = None
-        return instance.load(data)
+        before = instance.state.device_state
+        outcome = instance.load(data)
+        after = instance.state.device_state
+        if data is not None and after != before:  # read fine, header refused (format.md §3)
+            log_for(instance.config.uuid).error(
+                "%s: incompatible disk log version %d; log device state %s",
+                instance.device.dev_number, decode_header(data).version, after)
+            self.metrics.observe_device_failure(self._name(instance), after)
+        return outcome
 
     async def _commit(self, instance: LogInstance, waiters: list[tuple[Ticket, Reply]]) -> None:
         """Make everything pending durable with one write, then answer every waiter."""
