@@ -7,7 +7,9 @@ type. It renders two things: ``history``/``stats`` values for the log snapshots 
 shows, and the whole state in the Prometheus text exposition format (version 0.0.4) for
 ``/run/clogfs/metrics``.
 
-Logs are named by the view's directory name (``clogfs.fusefs.inodes.instance_name``); a request
+A log is labelled ``<uuid>@<luid>`` (``clogfs.fusefs.inodes.instance_name`` with
+``shared=True``): unlike the view's directory name, which gains and loses its ``@<luid>``
+during a table reload, this label stays the same for an instance's whole life. A request
 that named no known log is counted daemon-wide only. ``forget_log`` drops a log's series.
 
 Exposed families (all prefixed ``clogfs_``):
@@ -37,7 +39,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from clogfs.fusefs.inodes import directory_names
+from clogfs.fusefs.inodes import instance_name
 from clogfs.snapshot import LogSnapshot, RequestRecord, RequestStats
 
 #: upper bounds of the request latency histogram, seconds
@@ -276,7 +278,7 @@ class Metrics:
 
     @staticmethod
     def _render_snapshots(out: _Exposition, snapshots: Iterable[LogSnapshot]) -> None:
-        named = directory_names(snapshots)
+        named = {instance_name(s.uuid, s.luid, shared=True): s for s in snapshots}
         states = Counter(snap.state for snap in named.values())
         out.family("logs", "gauge", "Live log instances by lifecycle state.")
         for state in (*LOG_STATES, *sorted(set(states) - set(LOG_STATES))):

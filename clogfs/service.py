@@ -35,6 +35,7 @@ from clogfs.cluster.group import Delivery, LocalGroup, OrderedGroup
 from clogfs.disklog.device import LogDevice, LogWriteError
 from clogfs.disklog.format import buffer_bytes, decode_header
 from clogfs.errors import ClogfsError, KernelProtocolError, LogDeviceError, negative_errno
+from clogfs.fusefs.inodes import instance_name
 from clogfs.log.instance import (
     AwaitCommit,
     AwaitLoad,
@@ -478,9 +479,10 @@ class LogService:
         self._queues.setdefault(instance.key, InstanceQueue())
         is_new = instance.key not in self._names
         if is_new:
-            self._names[instance.key] = f"{uuid_text(instance.config.uuid)}@{instance.key[2]}"
+            self._names[instance.key] = instance_name(instance.config.uuid, instance.key[2],
+                                                      shared=True)
             log_for(instance.config.uuid).info(
-                "constructed %s log (%s, luid %d): %d regions of %d sectors", 
+                "constructed %s log (%s, luid %d): %d regions of %d sectors",
                 instance.config.log_type.value, instance.config.protocol.value, instance.key[2],
                 instance.config.region_count, instance.config.region_size)
             self.on_logs_changed()

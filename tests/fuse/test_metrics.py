@@ -195,8 +195,9 @@ def test_prometheus_logs_per_state_from_snapshots() -> None:
         "suspended": 1,
         "failed": 0,
     }
-    assert parsed[("clogfs_log_regions", (("log", "core-log"),))] == 16
-    assert parsed[("clogfs_log_regions_in_sync", (("log", "c2"),))] == 16
+    core, c2 = snaps[1], snaps[2]
+    assert parsed[("clogfs_log_regions", (("log", f"core-log@{core.luid:#x}"),))] == 16
+    assert parsed[("clogfs_log_regions_in_sync", (("log", f"c2@{c2.luid:#x}"),))] == 16
 
 
 def test_prometheus_label_values_are_escaped() -> None:
