@@ -337,7 +337,7 @@ class Log:
 
     async def resync_work(self) -> list[int]:
         """Every region GET_RESYNC_WORK hands out, each then reported in sync."""
-        handed = []
+        handed: list[int] = []
         for _ in range(self.count + 1):
             i, region = struct.unpack("=qQ", await self.ok(T.GET_RESYNC_WORK))
             if not i:
