@@ -74,9 +74,7 @@ def negative_errno(exc: BaseException) -> int:
     A ``ClogfsError`` carries its own errno; an ``OSError`` its ``errno``; anything else is
     a bug and maps to ``-EIO``. The result is always < 0.
     """
-    if isinstance(exc, ClogfsError):
-        code = exc.errno
-    elif isinstance(exc, OSError) and exc.errno:
+    if isinstance(exc, ClogfsError) or (isinstance(exc, OSError) and exc.errno):
         code = exc.errno
     else:
         code = _errno.EIO

@@ -351,7 +351,7 @@ class LogService:
                 self._finish(t, Reply(error=-errno.EIO))
         self._after(instance)
 
-    async def _load(self, instance: LogInstance) -> Outcome:
+    async def _load(self, instance: LogInstance) -> AwaitCommit:
         """RESUME of a disk log as first member: read the whole buffer, then let the core load."""
         shared = self._shared(instance)
         assert instance.device is not None

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import trio
 
+from clogfs.netlink.emulator import KernelEmulator, open_kernel_emulator
+from clogfs.netlink.wire import Protocol
+
 CLOGFSD = [sys.executable, "-m", "clogfs.cli"]
 
 
@@ -63,6 +66,24 @@ def unmount_stale(mount: Path) -> None:
         if not os.path.ismount(mount):
             return
     subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+
+
+@dataclass
+class Rig:
+    """A daemon and the kernel emulator that plays its kernel."""
+
+    emu: KernelEmulator
+    daemon: Daemon
+    tmp: Path
+
+
+@asynccontextmanager
+async def open_rig(tmp_path: Path, protocol: Protocol = Protocol.ULOG, *,
+                   args: Sequence[str] = (), mount: Path | None = None) -> AsyncIterator[Rig]:
+    """An emulator, then a clogfsd accepting requests only from it."""
+    async with open_kernel_emulator(protocol) as emu, \
+            run_clogfsd(tmp_path, kernel_port=emu.port_id, args=args, mount=mount) as daemon:
+        yield Rig(emu, daemon, tmp_path)
 
 
 @asynccontextmanager

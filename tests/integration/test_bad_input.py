@@ -39,7 +39,8 @@ async def test_truncated_connector_payload_gets_bare_ack(rig: Rig) -> None:
     struct.pack_into("=H", bad, 32, len(good))
     await rig.emu.send_raw(bytes(bad))
     reply = await rig.emu.expect_reply(4242, timeout=5)
-    assert reply.bare and reply.error == -errno.EINVAL
+    assert reply.bare
+    assert reply.error == -errno.EINVAL
     await still_serving(rig)
 
 
@@ -49,7 +50,8 @@ async def test_neither_shape_gets_bare_ack(rig: Rig) -> None:
     cn = struct.pack("=IIIIHH", CN_IDX_DM, CN_VAL_DM_USERSPACE_LOG, 99, 0, len(payload), 0)
     await rig.emu.send_raw(hdr + cn + payload)
     reply = await rig.emu.expect_reply(99, timeout=5)
-    assert reply.bare and reply.error == -errno.EINVAL
+    assert reply.bare
+    assert reply.error == -errno.EINVAL
     await still_serving(rig)
 
 
@@ -67,7 +69,8 @@ async def test_other_connector_id_is_ignored(rig: Rig) -> None:
 async def test_unknown_request_type(rig: Rig) -> None:
     await create(rig, b"UNK-1")
     reply = await rig.emu.request(200, b"UNK-1", luid=1)
-    assert not reply.bare and reply.error == -errno.EINVAL
+    assert not reply.bare
+    assert reply.error == -errno.EINVAL
     await still_serving(rig)
 
 
@@ -129,13 +132,12 @@ async def test_same_key_different_ctr_string(rig: Rig) -> None:
 
 
 async def test_protocol_mismatch_is_refused(tmp_path, protocol: Protocol) -> None:  # type: ignore[no-untyped-def]
-    from clogfs.netlink.emulator import open_kernel_emulator
-    from tests.integration.harness import run_clogfsd
+    from tests.integration.harness import open_rig
 
     other = "take5" if protocol is Protocol.ULOG else "ulog"
-    async with open_kernel_emulator(protocol) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id,
-                               args=["--protocol", other]) as daemon:
-            reply = await emu.request(T.GET_SYNC_COUNT, b"MISMATCH", luid=1)
-            assert reply.bare and reply.error == -errno.EINVAL
-            await daemon.wait_for_log("protocol mismatch")
+    async with open_rig(tmp_path, protocol, args=["--protocol", other]) as rig:
+        emu, daemon = rig.emu, rig.daemon
+        reply = await emu.request(T.GET_SYNC_COUNT, b"MISMATCH", luid=1)
+        assert reply.bare
+        assert reply.error == -errno.EINVAL
+        await daemon.wait_for_log("protocol mismatch")

@@ -13,74 +13,72 @@ import pytest
 
 from clogfs.cli import build_parser
 from clogfs.daemon import ExitCode
-from clogfs.netlink.emulator import open_kernel_emulator
 from clogfs.netlink.requests import RequestType as T
-from clogfs.netlink.wire import Protocol
-from tests.integration.harness import CLOGFSD, run_clogfsd
+from tests.integration.harness import CLOGFSD, open_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.root
 async def test_second_instance_refused(tmp_path: Path) -> None:
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id):
-            result = subprocess.run(
-                [*CLOGFSD, "--kernel-port", str(emu.port_id), "--no-mount",
-                 "--lock-file", str(tmp_path / "clogfsd.lock")],
-                capture_output=True, text=True, timeout=20)
-            assert result.returncode == ExitCode.LOCKED
-            assert "holds" in result.stderr
+    async with open_rig(tmp_path) as rig:
+        emu = rig.emu
+        result = subprocess.run(
+            [*CLOGFSD, "--kernel-port", str(emu.port_id), "--no-mount",
+             "--lock-file", str(tmp_path / "clogfsd.lock")],
+            capture_output=True, text=True, timeout=20)
+        assert result.returncode == ExitCode.LOCKED
+        assert "holds" in result.stderr
 
 
 @pytest.mark.root
 async def test_sigterm_refused_while_logs_live_then_exits(tmp_path: Path) -> None:
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id) as daemon:
-            reply = await emu.request(T.CTR, b"SIG-1", luid=5,
-                                      data=b"131072 clustered-core 1024 nosync")
-            assert reply.error == 0
-            daemon.signal(signal.SIGTERM)
-            await daemon.wait_for_log("SIGTERM refused")
-            assert "SIG-1" in daemon.stderr()
-            assert daemon.process.poll() is None
-            reply = await emu.request(T.IN_SYNC, b"SIG-1", luid=5, data=bytes(8))
-            assert reply.error == 0
-            assert (await emu.request(T.DTR, b"SIG-1", luid=5)).error == 0
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait() == ExitCode.OK
+    async with open_rig(tmp_path) as rig:
+        emu, daemon = rig.emu, rig.daemon
+        reply = await emu.request(T.CTR, b"SIG-1", luid=5,
+                                  data=b"131072 clustered-core 1024 nosync")
+        assert reply.error == 0
+        daemon.signal(signal.SIGTERM)
+        await daemon.wait_for_log("SIGTERM refused")
+        assert "SIG-1" in daemon.stderr()
+        assert daemon.process.poll() is None
+        reply = await emu.request(T.IN_SYNC, b"SIG-1", luid=5, data=bytes(8))
+        assert reply.error == 0
+        assert (await emu.request(T.DTR, b"SIG-1", luid=5)).error == 0
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == ExitCode.OK
 
 
 @pytest.mark.root
 async def test_sigint_exits_when_idle(tmp_path: Path) -> None:
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id) as daemon:
-            daemon.signal(signal.SIGINT)
-            assert await daemon.wait() == ExitCode.OK
+    async with open_rig(tmp_path) as rig:
+        daemon = rig.daemon
+        daemon.signal(signal.SIGINT)
+        assert await daemon.wait() == ExitCode.OK
 
 
 @pytest.mark.root
 async def test_sigusr1_dumps_state(tmp_path: Path) -> None:
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id) as daemon:
-            reply = await emu.request(T.CTR, b"DUMP-ME-1", luid=5,
-                                      data=b"131072 clustered-core 1024 nosync")
-            assert reply.error == 0
-            daemon.signal(signal.SIGUSR1)
-            text = await daemon.wait_for_log("endpoint:")
-            assert "[DUMP-ME-1" in text or "[UMP-ME-1]" in text
-            assert "1 clustered-core" in text
+    async with open_rig(tmp_path) as rig:
+        emu, daemon = rig.emu, rig.daemon
+        reply = await emu.request(T.CTR, b"DUMP-ME-1", luid=5,
+                                  data=b"131072 clustered-core 1024 nosync")
+        assert reply.error == 0
+        daemon.signal(signal.SIGUSR1)
+        text = await daemon.wait_for_log("endpoint:")
+        assert "[DUMP-ME-1" in text or "[UMP-ME-1]" in text
+        assert "1 clustered-core" in text
 
 
 @pytest.mark.root
 async def test_log_lines_carry_uuid_prefix(tmp_path: Path) -> None:
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id) as daemon:
-            await emu.request(T.CTR, b"PREFIX-ABCDEFGH", luid=5,
-                              data=b"131072 clustered-core 1000 nosync")
-            text = await daemon.wait_for_log("invalid region size")
-            line = next(x for x in text.splitlines() if "invalid region size" in x)
-            assert "[ABCDEFGH]" in line
+    async with open_rig(tmp_path) as rig:
+        emu, daemon = rig.emu, rig.daemon
+        await emu.request(T.CTR, b"PREFIX-ABCDEFGH", luid=5,
+                          data=b"131072 clustered-core 1000 nosync")
+        text = await daemon.wait_for_log("invalid region size")
+        line = next(x for x in text.splitlines() if "invalid region size" in x)
+        assert "[ABCDEFGH]" in line
 
 
 def test_usage_error_exit_code() -> None:
@@ -99,7 +97,8 @@ def test_cluster_mode_reports_unavailable(tmp_path: Path) -> None:
 
 def test_version() -> None:
     result = subprocess.run([*CLOGFSD, "--version"], capture_output=True, text=True, timeout=20)
-    assert result.returncode == 0 and result.stdout.startswith("clogfsd ")
+    assert result.returncode == 0
+    assert result.stdout.startswith("clogfsd ")
 
 
 def test_man_page_lists_every_option_and_exit_code() -> None:
@@ -118,10 +117,12 @@ def test_man_page_lints() -> None:
         pytest.skip("groff is not installed")
     result = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man" / "clogfsd.8")],
                             capture_output=True, text=True)
-    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.returncode == 0
+    assert result.stderr == ""
 
 
 def test_help_runs_without_root() -> None:
     result = subprocess.run([sys.executable, "-m", "clogfs.cli", "--help"], capture_output=True,
                             text=True, timeout=20)
-    assert result.returncode == 0 and "--kernel-port" in result.stdout
+    assert result.returncode == 0
+    assert "--kernel-port" in result.stdout

@@ -12,7 +12,7 @@ from clogfs.netlink.emulator import open_kernel_emulator
 from clogfs.netlink.requests import RequestType as T
 from clogfs.netlink.wire import Protocol
 from tests.integration.conftest import Rig
-from tests.integration.harness import run_clogfsd
+from tests.integration.harness import open_rig, run_clogfsd
 from tests.integration.test_requests import bool_of, create, ctr_text, u64
 
 pytestmark = pytest.mark.root
@@ -42,29 +42,28 @@ async def test_restart_then_reconnect_ctr(tmp_path: Path) -> None:
 
 
 async def test_take5_reload_routes_by_lifecycle(tmp_path: Path) -> None:
-    async with open_kernel_emulator(Protocol.TAKE5) as emu:
-        async with run_clogfsd(tmp_path, kernel_port=emu.port_id):
-            rig = Rig(emu, None, tmp_path)  # type: ignore[arg-type]
-            uuid = b"T5-RELOAD"
-            assert (await emu.request(T.CTR, uuid, data=ctr_text(rig, uuid, "1024"))).error == 0
-            assert (await emu.request(T.RESUME, uuid)).error == 0
-            # the live table recovers region 0
-            reply = await emu.request(T.GET_RESYNC_WORK, uuid)
-            assert reply.data == struct.pack("=qQ", 1, 0)
-            await emu.request(T.SET_REGION_SYNC, uuid, data=u64(0) + struct.pack("=q", 1))
-            # reload: CTR(new, nosync) while the old one is live
-            reply = await emu.request(T.CTR, uuid, data=ctr_text(rig, uuid, "1024 nosync"))
-            assert reply.error == 0
-            # data-path requests still go to the resumed (old) instance: region 1 out of sync
-            reply = await emu.request(T.IN_SYNC, uuid, data=u64(1))
-            assert bool_of(rig, reply.data) == 0
-            for rtype in (T.PRESUSPEND, T.POSTSUSPEND, T.RESUME, T.DTR):
-                assert (rtype, (await emu.request(rtype, uuid)).error) == (rtype, 0)
-            # now the new, nosync instance answers
-            reply = await emu.request(T.IN_SYNC, uuid, data=u64(1))
-            assert bool_of(rig, reply.data) == 1
-            reply = await emu.request(T.STATUS_TABLE, uuid)
-            assert reply.data == b"clustered-core 3 1024 T5-RELOAD nosync "
+    async with open_rig(tmp_path, Protocol.TAKE5) as rig:
+        emu = rig.emu
+        uuid = b"T5-RELOAD"
+        assert (await emu.request(T.CTR, uuid, data=ctr_text(rig, uuid, "1024"))).error == 0
+        assert (await emu.request(T.RESUME, uuid)).error == 0
+        # the live table recovers region 0
+        reply = await emu.request(T.GET_RESYNC_WORK, uuid)
+        assert reply.data == struct.pack("=qQ", 1, 0)
+        await emu.request(T.SET_REGION_SYNC, uuid, data=u64(0) + struct.pack("=q", 1))
+        # reload: CTR(new, nosync) while the old one is live
+        reply = await emu.request(T.CTR, uuid, data=ctr_text(rig, uuid, "1024 nosync"))
+        assert reply.error == 0
+        # data-path requests still go to the resumed (old) instance: region 1 out of sync
+        reply = await emu.request(T.IN_SYNC, uuid, data=u64(1))
+        assert bool_of(rig, reply.data) == 0
+        for rtype in (T.PRESUSPEND, T.POSTSUSPEND, T.RESUME, T.DTR):
+            assert (rtype, (await emu.request(rtype, uuid)).error) == (rtype, 0)
+        # now the new, nosync instance answers
+        reply = await emu.request(T.IN_SYNC, uuid, data=u64(1))
+        assert bool_of(rig, reply.data) == 1
+        reply = await emu.request(T.STATUS_TABLE, uuid)
+        assert reply.data == b"clustered-core 3 1024 T5-RELOAD nosync "
 
 
 async def test_ulog_reload_two_instances(rig: Rig) -> None:

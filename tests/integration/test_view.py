@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from clogfs.netlink.emulator import open_kernel_emulator
 from clogfs.netlink.requests import RequestType as T
-from clogfs.netlink.wire import Protocol
 from tests.integration.conftest import Rig
-from tests.integration.harness import run_clogfsd
+from tests.integration.harness import open_rig
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -31,9 +29,8 @@ def u64(v: int) -> bytes:
 @pytest.fixture
 async def viewrig(tmp_path: Path) -> AsyncIterator[tuple[Rig, Path]]:
     mount = tmp_path / "view"
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path / "d", kernel_port=emu.port_id, mount=mount) as daemon:
-            yield Rig(emu, daemon, tmp_path), mount
+    async with open_rig(tmp_path / "d", mount=mount) as rig:
+        yield rig, mount
 
 
 def read(path: Path) -> str:
@@ -80,12 +77,15 @@ async def test_dirty_ranges_follow_marks(viewrig: tuple[Rig, Path]) -> None:
     await rig.emu.request(T.FLUSH, b"VIEW-2", luid=1)
     assert read(d / "dirty").split() == ["5-7", "40-40"]
     clean = (d / "clean_bits").read_bytes()
-    assert len(clean) == 16 and clean[0] == 0x1F and clean[5] == 0xFE
+    assert len(clean) == 16
+    assert clean[0] == 0x1F
+    assert clean[5] == 0xFE
     await rig.emu.request(T.CLEAR_REGION, b"VIEW-2", luid=1, data=data)
     await rig.emu.request(T.FLUSH, b"VIEW-2", luid=1)
     assert read(d / "dirty").strip() == ""
     history = read(d / "history")
-    assert "MARK_REGION" in history and "CLEAR_REGION" in history
+    assert "MARK_REGION" in history
+    assert "CLEAR_REGION" in history
     assert "FLUSH" in read(d / "stats")
 
 
@@ -121,12 +121,10 @@ async def test_recovering_and_out_of_sync_during_resync(viewrig: tuple[Rig, Path
 async def test_view_refuses_writes(viewrig: tuple[Rig, Path]) -> None:
     rig, view = viewrig
     await rig.emu.request(T.CTR, b"VIEW-4", luid=1, data=CTR)
-    for path in (view / "VIEW-4" / "state", view / "version"):
-        with pytest.raises(OSError) as info:
+    for path in (view / "VIEW-4" / "state", view / "version", view / "newfile"):
+        with pytest.raises(OSError, match=r"Permission denied|Read-only") as info:
             path.write_text("x")
-        assert info.value.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
-    with pytest.raises(OSError):
-        (view / "newfile").write_text("x")
+        assert info.value.errno in (errno.EACCES, errno.EROFS, errno.EPERM), path
 
 
 async def test_reload_shows_two_instances(viewrig: tuple[Rig, Path]) -> None:
@@ -135,7 +133,8 @@ async def test_reload_shows_two_instances(viewrig: tuple[Rig, Path]) -> None:
     await rig.emu.request(T.RESUME, b"VIEW-5", luid=1)
     await rig.emu.request(T.CTR, b"VIEW-5", luid=2, data=CTR)
     names = sorted(os.listdir(view))
-    assert "VIEW-5@0x1" in names and "VIEW-5@0x2" in names
+    assert "VIEW-5@0x1" in names
+    assert "VIEW-5@0x2" in names
     await rig.emu.request(T.PRESUSPEND, b"VIEW-5", luid=1)
     await rig.emu.request(T.POSTSUSPEND, b"VIEW-5", luid=1)
     await rig.emu.request(T.RESUME, b"VIEW-5", luid=2)
@@ -156,16 +155,16 @@ async def test_protocol_and_metrics(viewrig: tuple[Rig, Path]) -> None:
     requests = families["clogfs_requests"]
     in_sync = [s for s in requests.samples
                if s.labels.get("type") == "IN_SYNC" and s.name.endswith("_total")]
-    assert in_sync and sum(s.value for s in in_sync) >= 1
+    assert in_sync
+    assert sum(s.value for s in in_sync) >= 1
 
 
 async def test_mount_gone_after_exit(tmp_path: Path) -> None:
     mount = tmp_path / "view"
-    async with open_kernel_emulator(Protocol.ULOG) as emu:
-        async with run_clogfsd(tmp_path / "d", kernel_port=emu.port_id, mount=mount) as daemon:
-            assert os.path.ismount(mount)
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait() == 0
+    async with open_rig(tmp_path / "d", mount=mount) as rig:
+        assert os.path.ismount(mount)
+        rig.daemon.signal(signal.SIGTERM)
+        assert await rig.daemon.wait() == 0
     assert not os.path.ismount(mount)
 
 
