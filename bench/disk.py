@@ -12,31 +12,53 @@ Throughput. 1, 16 and 64 image files written at once for a fixed time: raw, one 
 thread per file doing the floor's loop; clogfs, one ``LogDevice`` and one trio task per
 file. Reported: aggregate writes/s and clogfs / raw (target >= 0.8).
 
+Through the daemon (``daemon_main``; root: netlink). A real ``clogfsd`` serves
+clustered-disk logs to the kernel emulator. FLUSH latency: MARK a region, then FLUSH (only
+the FLUSH timed), then CLEAR it (so every FLUSH makes one durable write of one logical
+block), on a loop device and on an image file, each against the floor on a twin target of
+the same kind, measured in alternating rounds with the same write size (the device's
+logical block); targets as above. Throughput: 1, 16 and 64 logs on their own image files
+flushing at once, aggregate FLUSH/s against ``raw_throughput`` on as many files (target >=
+0.8); each FLUSH costs three requests through the emulator, a Python process sharing the
+machine, so on a small host this row measures the emulator as much as the daemon. Scale:
+logs of 2**24 regions (a 2 MiB bitmap each): CTR + RESUME time of each (target <= 0.5 s)
+and the daemon's RSS growth per log against its bitmap bytes (target <= 3x).
+
 Run: ``python -m bench.disk [--samples N] [--seconds S] [--buffer-bytes B]``; the loop
-device row needs root (``losetup``) and is skipped otherwise. Bounded: well under 60 s with
-the defaults. Every figure is a ratio against a floor measured in the same run.
+device rows need root (``losetup``) and are skipped otherwise, as is the daemon part.
+Bounded: about a minute with the defaults. Every figure is a ratio against a floor
+measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import functools
 import math
 import mmap
 import os
+import signal
+import socket
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from clogfs.disklog.device import OPEN_FLAGS, LogDevice
+from clogfs.disklog.device import BLKSSZGET, OPEN_FLAGS, LogDevice
+from clogfs.disklog.format import IMAGE_FILE_BLOCK_SIZE, bitset_bytes, buffer_bytes
+from clogfs.netlink.emulator import KernelEmulator, open_kernel_emulator
+from clogfs.netlink.requests import RequestType
+from clogfs.netlink.wire import Protocol
 
 IMAGE_BYTES = 1 << 20
 LATENCY_ROUNDS = 4
@@ -247,6 +269,299 @@ def print_latency(rows: Sequence[LatencyRow]) -> bool:
     return all_ok
 
 
+# --- through the daemon ----------------------------------------------------------------------
+
+REGION_SECTORS = 1024
+LOG_REGIONS = 128  # regions of the latency and throughput logs: one logical block of bitmap
+BIG_REGIONS = 1 << 24
+BIG_LOGS = 4
+TARGET_CTR_RESUME_S = 0.5
+TARGET_RSS_PER_BITMAP = 3.0
+REQUESTS_PER_FLUSH = 3  # MARK_REGION, FLUSH, CLEAR_REGION
+_READY_TIMEOUT_S = 30.0
+_U64 = struct.Struct("=Q")  # a region number in MARK/CLEAR payloads (u64, host order)
+_BLKSSZGET_ARG = struct.Struct("=i")  # ioctl argument of BLKSSZGET: int
+
+
+def logical_block_bytes(path: Path) -> int:
+    """What one changed-block write of a log on ``path`` writes: its logical block size."""
+    if not stat.S_ISBLK(path.stat().st_mode):
+        return IMAGE_FILE_BLOCK_SIZE
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        arg = fcntl.ioctl(fd, BLKSSZGET, bytes(_BLKSSZGET_ARG.size))
+    finally:
+        os.close(fd)
+    size: int = _BLKSSZGET_ARG.unpack(arg)[0]
+    return size
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@asynccontextmanager
+async def open_clogfsd(work: Path, kernel_port: int) -> AsyncIterator[trio.Process]:
+    """Run ``clogfsd`` for the emulator at ``kernel_port``; ready (``READY=1``) on entry.
+
+    Resource handling: the daemon's lock file, runtime directory, notify socket and stderr
+    live in ``work``; the daemon is killed (SIGKILL) on exit.
+    Error handling: a daemon that exits before ``READY=1`` raises ``RuntimeError`` with its
+    stderr.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    notify_path = work / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    argv = [
+        sys.executable,
+        "-m",
+        "clogfs.cli",
+        "--kernel-port",
+        str(kernel_port),
+        "--no-mount",
+        "--lock-file",
+        str(work / "lock"),
+        "--runtime-dir",
+        str(work / "run"),
+        "--log-level",
+        "WARNING",
+    ]
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+    with notify, (work / "clogfsd.stderr").open("wb") as err:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=None, stdout=err, stderr=err, env=env
+        )
+        try:
+            with trio.fail_after(_READY_TIMEOUT_S):
+                while True:
+                    with trio.move_on_after(0.1):
+                        await trio.lowlevel.wait_readable(notify)
+                        if b"READY=1" in notify.recv(4096).split(b"\n"):
+                            break
+                    if process.poll() is not None:
+                        raise RuntimeError(
+                            "clogfsd exited before READY=1:\n"
+                            + (work / "clogfsd.stderr").read_text()
+                        )
+            yield process
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+class BenchLog:
+    """One clustered-disk log driven through the emulator (mainline wire format)."""
+
+    def __init__(self, emu: KernelEmulator, index: int, word: str, regions: int) -> None:
+        self.emu = emu
+        self.uuid = f"BENCH-DISK-{index}".encode()
+        self.luid = 1000 + index
+        self.ctr = f"{regions * REGION_SECTORS} clustered-disk {word} {REGION_SECTORS} nosync"
+
+    async def call(self, rtype: RequestType, data: bytes = b"") -> None:
+        reply = await self.emu.request(rtype, self.uuid, luid=self.luid, data=data, timeout=30)
+        if reply.error:
+            raise RuntimeError(f"{rtype.name} of {self.uuid!r} failed: {reply.error}")
+
+    async def create(self) -> None:
+        await self.call(RequestType.CTR, self.ctr.encode())
+        await self.call(RequestType.RESUME)
+
+    async def remove(self) -> None:
+        for rtype in (RequestType.PRESUSPEND, RequestType.POSTSUSPEND, RequestType.DTR):
+            await self.call(rtype)
+
+    async def timed_flush(self, region: int) -> tuple[float, float]:
+        """MARK ``region``, FLUSH (one durable write), CLEAR it.
+
+        Returns:
+            The seconds of the FLUSH round trip and of the MARK round trip (no I/O).
+        """
+        payload = _U64.pack(region)
+        start = time.perf_counter()
+        await self.call(RequestType.MARK_REGION, payload)
+        mark_s = time.perf_counter() - start
+        start = time.perf_counter()
+        await self.call(RequestType.FLUSH)
+        flush_s = time.perf_counter() - start
+        await self.call(RequestType.CLEAR_REGION, payload)
+        return flush_s, mark_s
+
+
+@dataclass(frozen=True)
+class DaemonLatency:
+    """FLUSH latency through clogfsd against the floor, and the MARK round trip (no I/O)."""
+
+    row: LatencyRow
+    mark: tuple[float, float]
+
+
+async def _daemon_latency(
+    target: str, log_path: Path, floor_path: Path, n: int, work: Path
+) -> DaemonLatency:
+    write_bytes = logical_block_bytes(log_path)
+    floor: list[float] = []
+    ours: list[float] = []
+    marks: list[float] = []
+    per_round = max(1, n // LATENCY_ROUNDS)
+    async with open_kernel_emulator(Protocol.ULOG) as emu, open_clogfsd(work, emu.port_id):
+        log = BenchLog(emu, 0, str(log_path), LOG_REGIONS)
+        await log.create()
+        for _ in range(LATENCY_ROUNDS):
+            floor += await trio.to_thread.run_sync(
+                _floor_samples, floor_path, write_bytes, per_round
+            )
+            for i in range(per_round):
+                flush_s, mark_s = await log.timed_flush(i % LOG_REGIONS)
+                ours.append(flush_s)
+                marks.append(mark_s)
+        await log.remove()
+    row = LatencyRow(f"{target} {write_bytes}B", percentiles(floor), percentiles(ours))
+    return DaemonLatency(row, percentiles(marks))
+
+
+def daemon_latency(
+    target: str, log_path: Path, floor_path: Path, n: int, work: Path
+) -> DaemonLatency:
+    """FLUSH latency through clogfsd on ``log_path`` and the floor on its twin ``floor_path``."""
+    return trio.run(_daemon_latency, target, log_path, floor_path, n, work)
+
+
+async def _daemon_throughput(paths: Sequence[Path], seconds: float, work: Path) -> float:
+    async with open_kernel_emulator(Protocol.ULOG) as emu, open_clogfsd(work, emu.port_id):
+        logs = [BenchLog(emu, i, str(p), LOG_REGIONS) for i, p in enumerate(paths)]
+        for log in logs:
+            await log.create()
+        counts = [0] * len(logs)
+
+        async def flusher(i: int, stop_at: float) -> None:
+            while time.monotonic() < stop_at:
+                await logs[i].timed_flush(counts[i] % LOG_REGIONS)
+                counts[i] += 1
+
+        began = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for i in range(len(logs)):
+                nursery.start_soon(flusher, i, began + seconds)
+        elapsed = time.monotonic() - began
+        for log in logs:
+            await log.remove()
+    return sum(counts) / elapsed
+
+
+def daemon_throughput(paths: Sequence[Path], seconds: float, work: Path) -> float:
+    """Aggregate FLUSH/s of one log per path through one clogfsd, all flushing at once."""
+    return trio.run(_daemon_throughput, paths, seconds, work)
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    ctr_resume_s: list[float]
+    rss_per_log: float
+    bitmap_bytes: int
+
+
+async def _daemon_scale(work: Path, n_logs: int) -> ScaleResult:
+    size = buffer_bytes(BIG_REGIONS, IMAGE_FILE_BLOCK_SIZE)
+    images = [make_image(work / f"big{i}.img", size) for i in range(n_logs)]
+    async with (
+        open_kernel_emulator(Protocol.ULOG) as emu,
+        open_clogfsd(work / "scale", emu.port_id) as process,
+    ):
+        logs = [BenchLog(emu, 100 + i, str(p), BIG_REGIONS) for i, p in enumerate(images)]
+        warm = BenchLog(emu, 99, str(make_image(work / "warm.img")), LOG_REGIONS)
+        await warm.create()  # the first disk log pays for imports and threads: not counted
+        base = rss_bytes(process.pid)
+        times = []
+        for log in logs:
+            start = time.perf_counter()
+            await log.create()
+            times.append(time.perf_counter() - start)
+        grown = rss_bytes(process.pid) - base
+        for log in [warm, *logs]:
+            await log.remove()
+    return ScaleResult(times, grown / n_logs, bitset_bytes(BIG_REGIONS))
+
+
+def daemon_scale(work: Path, n_logs: int = BIG_LOGS) -> ScaleResult:
+    """CTR + RESUME seconds of ``n_logs`` logs of 2**24 regions and the RSS growth per log."""
+    return trio.run(_daemon_scale, work, n_logs)
+
+
+def daemon_main(args: argparse.Namespace, work: Path) -> None:
+    """The daemon part: FLUSH latency, FLUSH throughput and scale through a real clogfsd."""
+    if os.geteuid() != 0:
+        print("\nthrough clogfsd: skipped (needs root for netlink)")
+        return
+    print(f"\nthrough clogfsd: FLUSH latency, {args.samples} MARK + FLUSH (timed) + CLEAR")
+    rows = []
+    with (
+        loop_device(make_image(work / "d-loop-log.img")) as log_loop,
+        loop_device(make_image(work / "d-loop-floor.img")) as floor_loop,
+    ):
+        if log_loop is not None and floor_loop is not None:
+            rows.append(daemon_latency("loop", log_loop, floor_loop, args.samples, work / "dl"))
+    rows.append(
+        daemon_latency(
+            "file",
+            make_image(work / "d-log.img"),
+            make_image(work / "d-floor.img"),
+            args.samples,
+            work / "df",
+        )
+    )
+    print_latency([r.row for r in rows])
+    for r in rows:
+        print(
+            f"  {r.row.target}: MARK round trip (no I/O) p50 {r.mark[0]:.1f} p99 {r.mark[1]:.1f}"
+            " (the emulator's and the daemon's share of every FLUSH)"
+        )
+
+    print(f"\nthrough clogfsd: N logs flushing at once for {args.seconds:g} s each")
+    print(f"  {'logs':>7}{'raw writes/s':>14}{'FLUSH/s':>17}{'ratio':>8}{'requests/s':>12}")
+    images = [make_image(work / f"dlog{i}.img", 64 * 1024) for i in range(max(DEVICE_COUNTS))]
+    floors = [make_image(work / f"dfloor{i}.img", 64 * 1024) for i in range(max(DEVICE_COUNTS))]
+    for count in DEVICE_COUNTS:
+        raw = raw_throughput(floors[:count], IMAGE_FILE_BLOCK_SIZE, args.seconds)
+        ours = daemon_throughput(images[:count], args.seconds, work / f"dt{count}")
+        ratio = ours / raw
+        print(
+            f"  {count:>7}{raw:>14.0f}{ours:>17.0f}{ratio:>8.2f}"
+            f"{ours * REQUESTS_PER_FLUSH:>12.0f}  {_verdict(ratio >= TARGET_THROUGHPUT)}"
+        )
+    print(
+        f"  (target ratio >= {TARGET_THROUGHPUT}; requests/s counts MARK, FLUSH and CLEAR: "
+        "compare it with bench.protocol's echo floor, the emulator's own ceiling)"
+    )
+
+    scale = daemon_scale(work)
+    worst = max(scale.ctr_resume_s)
+    per_bitmap = scale.rss_per_log / scale.bitmap_bytes
+    print(
+        f"\nthrough clogfsd: {len(scale.ctr_resume_s)} logs of 2**24 regions "
+        f"({scale.bitmap_bytes} bitmap bytes each)"
+    )
+    print(
+        "  CTR + RESUME: "
+        + " ".join(f"{t:.3f}" for t in scale.ctr_resume_s)
+        + f" s; worst {worst:.3f} s  {_verdict(worst <= TARGET_CTR_RESUME_S)} "
+        f"(target <= {TARGET_CTR_RESUME_S} s)"
+    )
+    print(
+        f"  RSS growth per log: {scale.rss_per_log / 2**20:.2f} MiB = {per_bitmap:.2f}x its "
+        f"bitmap  {_verdict(per_bitmap <= TARGET_RSS_PER_BITMAP)} "
+        f"(target <= {TARGET_RSS_PER_BITMAP}x)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its tables; 0 whether or not a target was met."""
     parser = argparse.ArgumentParser(prog="python -m bench.disk", description=__doc__)
@@ -305,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{_verdict(ratio >= TARGET_THROUGHPUT)}"
             )
         print(f"  (target ratio >= {TARGET_THROUGHPUT})")
+        daemon_main(args, work)
         with suppress(OSError):
             private_dir.rmdir()
     return 0
