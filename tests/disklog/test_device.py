@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,8 @@ from clogfs.disklog.device import (
     LogDevice,
     LogWriteError,
     _parse_major_minor,
+    dsync_flushes_cache,
+    filesystem_type,
     resolve_log_device,
 )
 from clogfs.disklog.format import IMAGE_FILE_BLOCK_SIZE
@@ -389,3 +396,308 @@ async def test_writes_work_again_after_failures(
         set_fail(write=False, fsync=False)
         await dev.write([(0, b"y" * BLOCK), (BLOCK, b"z" * BLOCK)], cache_flush=True)
         assert await dev.read(2 * BLOCK) == b"y" * BLOCK + b"z" * BLOCK
+
+
+# ------------------------------------------------------------ completion channel
+
+
+async def test_writes_to_many_devices_keep_each_devices_order(
+    tmp_path: Path, private_dir: Path
+) -> None:
+    images = []
+    for i in range(8):
+        images.append(tmp_path / f"log{i}.img")
+        images[-1].write_bytes(bytes(4 * BLOCK))
+    devices = [await open_device(image, private_dir) for image in images]
+    orders: list[list[int]] = [[] for _ in devices]
+
+    async def write(d: int, i: int) -> None:
+        orders[d].append(i)  # the same scheduling step as the hand-over to the writer
+        block = (d * 1000 + i).to_bytes(4, "little") * (BLOCK // 4)
+        await devices[d].write([(0, block), (BLOCK * (1 + i % 3), block)], cache_flush=i % 2 == 0)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(32):
+            for d in range(len(devices)):
+                nursery.start_soon(write, d, i)
+    for device in devices:
+        await device.aclose()
+    for d, image in enumerate(images):
+        assert sorted(orders[d]) == list(range(32))
+        assert read_plain(image, 0, 4) == (d * 1000 + orders[d][-1]).to_bytes(4, "little")
+
+
+async def test_a_cancelled_leader_hands_the_wait_to_the_others(
+    image_file: Path, private_dir: Path
+) -> None:
+    gate = threading.Event()
+    results: list[str] = []
+    async with await open_device(image_file, private_dir) as dev:
+        with trio.fail_after(10):  # a lost hand-over would leave the followers parked
+            await run_leader_and_followers(dev, gate, results)
+    assert sorted(results) == ["follower 1", "follower 2"]
+    assert read_plain(image_file, BLOCK, 2 * BLOCK) == b"\x01" * BLOCK + b"\x02" * BLOCK
+
+
+async def run_leader_and_followers(
+    dev: LogDevice, gate: threading.Event, results: list[str]
+) -> None:
+    """A leader waits on a blocked job, two writers park behind it, the leader is cancelled."""
+    async with trio.open_nursery() as nursery:
+        leader_scope = trio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await dev._submit(gate.wait, "gate")  # the writer blocks here
+
+        async def follower(i: int) -> None:
+            await dev.write([(i * BLOCK, bytes([i]) * BLOCK)], cache_flush=True)
+            results.append(f"follower {i}")
+
+        nursery.start_soon(leader)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in (1, 2):
+            nursery.start_soon(follower, i)
+        await trio.testing.wait_all_tasks_blocked()
+        leader_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert leader_scope.cancelled_caught
+
+
+async def test_a_cancelled_parked_caller_leaves_the_leader_waiting(
+    image_file: Path, private_dir: Path
+) -> None:
+    gate = threading.Event()
+    async with await open_device(image_file, private_dir) as dev:
+        async with trio.open_nursery() as nursery:
+            parked_scope = trio.CancelScope()
+            leader_done = trio.Event()
+
+            async def leader() -> None:
+                assert await dev._submit(gate.wait, "gate") is True
+                leader_done.set()
+
+            async def parked() -> None:
+                with parked_scope:
+                    await dev.write([(0, b"p" * BLOCK)], cache_flush=True)
+
+            nursery.start_soon(leader)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(parked)
+            await trio.testing.wait_all_tasks_blocked()
+            parked_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert parked_scope.cancelled_caught
+            gate.set()
+            with trio.fail_after(10):
+                await leader_done.wait()
+        # The abandoned write still ran, in order, before this read.
+        assert await dev.read(BLOCK) == b"p" * BLOCK
+
+
+async def test_a_failure_nobody_waits_for_is_logged(
+    image_file: Path, private_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = threading.Event()
+
+    def fail() -> None:
+        gate.wait()
+        raise LogDeviceError("injected", errno=errno.EIO)
+
+    async with await open_device(image_file, private_dir) as dev:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await dev._submit(fail, "injected job")
+        gate.set()
+        await dev.write([(0, bytes(BLOCK))], cache_flush=False)  # drains the failed job
+    assert any(
+        r.levelname == "WARNING" and "injected job abandoned" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_a_device_serves_one_trio_run_after_another(image_file: Path, private_dir: Path) -> None:
+    dev = LogDevice.open(str(image_file), private_dir=private_dir)
+
+    async def write(byte: bytes, *, close: bool) -> None:
+        await dev.write([(0, byte * BLOCK)], cache_flush=True)
+        if close:
+            await dev.aclose()
+
+    trio.run(functools.partial(write, b"1", close=False))
+    trio.run(functools.partial(write, b"2", close=True))
+    assert read_plain(image_file, 0, BLOCK) == b"2" * BLOCK
+
+
+async def test_closing_every_device_releases_the_channel(
+    image_file: Path, tmp_path: Path, private_dir: Path
+) -> None:
+    other = tmp_path / "other.img"
+    other.write_bytes(bytes(BLOCK))
+    before = open_fds()
+    first = await open_device(image_file, private_dir)
+    await first.write([(0, b"a" * BLOCK)], cache_flush=True)
+    await first.aclose()
+    assert open_fds() == before
+    second = await open_device(other, private_dir)  # a new channel
+    await second.write([(0, b"b" * BLOCK)], cache_flush=True)
+    await second.aclose()
+    assert open_fds() == before
+    assert read_plain(other, 0, BLOCK) == b"b" * BLOCK
+
+
+# ------------------------------------------------------- write and flush in one call
+
+MOUNTINFO = (
+    "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+    "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard\n"
+    "30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683656k\n"
+    "41 27 0:52 / /mnt/fuse rw,nosuid,nodev,relatime shared:7 master:2 - fuse.failfs failfs rw\n"
+    "garbage\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("dev", "fstype"),
+    [
+        (os.makedev(254, 0), "ext4"),
+        (os.makedev(0, 27), "tmpfs"),
+        (os.makedev(0, 52), "fuse.failfs"),  # optional fields before the separator
+        (os.makedev(0, 21), "proc"),
+        (os.makedev(8, 1), None),
+    ],
+)
+def test_filesystem_type_from_mountinfo(dev: int, fstype: str | None) -> None:
+    assert filesystem_type(MOUNTINFO, dev) == fstype
+
+
+@given(st.text())
+def test_filesystem_type_never_raises(text: str) -> None:
+    assert filesystem_type(text, os.makedev(254, 0)) is None or "254:0" in text
+
+
+@pytest.mark.parametrize(("fstype", "expected"), [("ext4", True), ("fuse.failfs", False)])
+def test_dsync_depends_on_the_files_filesystem(
+    fstype: str, expected: bool, image_file: Path, tmp_path: Path
+) -> None:
+    dev = stat_of(image_file).st_dev
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"27 1 {os.major(dev)}:{os.minor(dev)} / / rw - {fstype} /dev/x rw\n")
+    fd = os.open(image_file, os.O_RDONLY)
+    try:
+        assert dsync_flushes_cache(fd, mountinfo=mountinfo) is expected
+        assert dsync_flushes_cache(fd, mountinfo=tmp_path / "absent") is False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+def test_dsync_on_a_block_device(loop_device: Path, tmp_path: Path) -> None:
+    fd = os.open(loop_device, os.O_RDONLY)
+    try:
+        assert dsync_flushes_cache(fd, mountinfo=tmp_path / "absent") is True
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_a_fuse_image_writes_and_flushes_separately(
+    failfs_image: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    # FUSE direct_io never sends FSYNC for an RWF_DSYNC write: it would not be durable.
+    image, _ = failfs_image
+    async with await open_device(image, private_dir) as dev:
+        assert dev._dsync_writes is False
+
+
+def spy_on_writes(dev: LogDevice) -> list[int]:
+    """Record the ``pwritev2`` flags of every write ``dev``'s writer makes."""
+    flags_seen: list[int] = []
+    real = dev._pwrite
+
+    def spy(offset: int, length: int, flags: int) -> int:
+        flags_seen.append(flags)
+        return real(offset, length, flags)
+
+    dev._pwrite = spy  # type: ignore[method-assign]
+    return flags_seen
+
+
+async def test_write_path_follows_what_is_unflushed(image_file: Path, private_dir: Path) -> None:
+    async with await open_device(image_file, private_dir) as dev:
+        dev._dsync_writes = True
+        flags = spy_on_writes(dev)
+        one = [(0, b"1" * BLOCK)]
+        await dev.write(one, cache_flush=True)  # what was there before we opened: fdatasync
+        await dev.write(one, cache_flush=True)  # nothing unflushed: one RWF_DSYNC write
+        await dev.write(one, cache_flush=False)
+        await dev.write(one, cache_flush=True)  # after an unflushed write: fdatasync
+        await dev.write([(0, b"2" * BLOCK), (2 * BLOCK, b"3" * BLOCK)], cache_flush=True)
+        await dev.write(one, cache_flush=True)
+    assert flags == [0, os.RWF_DSYNC, 0, 0, 0, 0, os.RWF_DSYNC]
+    assert read_plain(image_file, 0, 3 * BLOCK) == b"1" * BLOCK + bytes(BLOCK) + b"3" * BLOCK
+
+
+@pytest.fixture
+def failfs_loop(failfs_image: tuple[Path, SetFail]) -> Iterator[tuple[Path, SetFail]]:
+    """A loop device over a failfs image: its cache flushes reach failfs as fsync."""
+    image, set_fail = failfs_image
+    result = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot set up a loop device: {result.stderr.strip()}")
+    device = Path(result.stdout.strip())
+    try:
+        deadline = time.monotonic() + 10
+        while not device.exists():  # devtmpfs creates a new node asynchronously
+            assert time.monotonic() < deadline, f"{device} did not appear"
+            time.sleep(0.01)
+        yield device, set_fail
+    finally:
+        subprocess.run(["losetup", "-d", str(device)], check=True)
+
+
+async def flushed_once(dev: LogDevice) -> list[int]:
+    """One successful flushed write, so the next one may use RWF_DSYNC; then spy."""
+    await dev.write([(0, bytes(BLOCK))], cache_flush=True)
+    return spy_on_writes(dev)
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_failed_dsync_write_is_a_write_error(
+    failfs_loop: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    device, set_fail = failfs_loop
+    async with await open_device(device, private_dir) as dev:
+        flags = await flushed_once(dev)
+        set_fail(write=True, fsync=False)
+        with pytest.raises(LogWriteError) as caught:
+            await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
+    assert flags == [os.RWF_DSYNC, 0]  # the retry without RWF_DSYNC failed too
+    assert caught.value.flush_failed is False
+    assert caught.value.errno == errno.EIO
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+async def test_failed_flush_of_a_dsync_write_is_a_flush_error(
+    failfs_loop: tuple[Path, SetFail], private_dir: Path
+) -> None:
+    device, set_fail = failfs_loop
+    async with await open_device(device, private_dir) as dev:
+        flags = await flushed_once(dev)
+        set_fail(write=False, fsync=True)
+        with pytest.raises(LogWriteError) as caught:
+            await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
+        assert flags == [os.RWF_DSYNC, 0]  # the plain retry worked, its fdatasync failed
+        assert caught.value.flush_failed is True
+        assert caught.value.errno == errno.EIO
+        set_fail(write=False, fsync=False)
+        await dev.write([(0, b"y" * BLOCK)], cache_flush=True)  # after a failure: fdatasync
+        await dev.write([(0, b"z" * BLOCK)], cache_flush=True)
+    assert flags == [os.RWF_DSYNC, 0, 0, os.RWF_DSYNC]
+    assert read_plain(device, 0, BLOCK) == b"z" * BLOCK
