@@ -237,7 +237,12 @@ class LogInstance:
         self._peer_resumed = peer_resumed or (lambda _instance: False)
         self._loaded = False  # the disk log was loaded at least once (may write, R8)
         self._final_writer = False  # destroyed while the writer: its last commit may run
-        self._buffer = bytearray()
+        # The bytes of the on-disk buffer outside the clean bitmap, kept as read (disk-format.md
+        # §1): the header and bytes 16-1023, and the tail after the bitmap. The bitmap itself is
+        # ``state.clean``; blocks are composed from the three at write time, so a disk log holds
+        # its bitmap once, not twice.
+        self._prefix = bytearray()
+        self._tail = bytearray()
         self._next_write_id = 1
         self._in_flight: tuple[WriteLog, PendingChanges] | None = None
 
@@ -469,7 +474,9 @@ class LogInstance:
         buffer[: LOG_HEADER.size] = encode_header(  # step 6
             LogHeader(MIRROR_MAGIC, MIRROR_DISK_VERSION, count)
         )
-        self._buffer = buffer
+        self._prefix = buffer[:BITMAP_OFFSET]
+        self._tail = buffer[stop:]
+        del buffer
         self._loaded = True
         self.loading = False
         self._transition(Event.RESUME)
@@ -491,12 +498,9 @@ class LogInstance:
             return None
         assert self.device is not None
         pending = self.state.take_pending()
-        bitmap = self.state.clean
         lbs = self.device.logical_block_size
-        end = BITMAP_OFFSET + bitmap.nbytes
         if pending.whole:
-            self._buffer[BITMAP_OFFSET:end] = bitmap.to_bytes()
-            extents: tuple[tuple[int, bytes], ...] = ((0, bytes(self._buffer)),)
+            extents: tuple[tuple[int, bytes], ...] = ((0, self._compose(0, self.buffer_bytes)),)
         else:
             blocks = sorted({(BITMAP_OFFSET + index) // lbs for index in pending.byte_indices})
             runs: list[list[int]] = []
@@ -508,16 +512,26 @@ class LogInstance:
             built = []
             for first, stop in runs:
                 lo, hi = first * lbs, stop * lbs
-                copy_lo, copy_hi = max(lo, BITMAP_OFFSET), min(hi, end)
-                self._buffer[copy_lo:copy_hi] = bitmap.byte_slice(
-                    copy_lo - BITMAP_OFFSET, copy_hi - BITMAP_OFFSET
-                )
-                built.append((lo, bytes(self._buffer[lo:hi])))
+                built.append((lo, self._compose(lo, hi)))
             extents = tuple(built)
         write = WriteLog(self._next_write_id, extents, cache_flush=pending.dirtied)
         self._next_write_id += 1
         self._in_flight = (write, pending)
         return write
+
+    def _compose(self, lo: int, hi: int) -> bytes:
+        """Bytes ``[lo, hi)`` of the on-disk buffer: prefix, clean bitmap and tail as they are."""
+        bitmap = self.state.clean
+        end = BITMAP_OFFSET + bitmap.nbytes
+        parts = []
+        if lo < BITMAP_OFFSET:
+            parts.append(bytes(self._prefix[lo : min(hi, BITMAP_OFFSET)]))
+        if max(lo, BITMAP_OFFSET) < min(hi, end):
+            parts.append(bitmap.byte_slice(max(lo, BITMAP_OFFSET) - BITMAP_OFFSET,
+                                           min(hi, end) - BITMAP_OFFSET))
+        if hi > end:
+            parts.append(bytes(self._tail[max(lo, end) - end : hi - end]))
+        return b"".join(parts)
 
     def end_write(self, write: WriteLog, *, ok: bool, flush_ok: bool = True) -> None:
         """Report the outcome of ``write``.
