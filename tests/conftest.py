@@ -23,3 +23,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="qemu-system-x86_64 is not installed"))
         if "corosync" in item.keywords and not (is_root and has_corosync):
             item.add_marker(pytest.mark.skip(reason="needs root and corosync"))
+        mainline = item.get_closest_marker("mainline_only")
+        params = getattr(item, "callspec", None)
+        protocol = params.params.get("protocol") if params is not None else None
+        if mainline is not None and getattr(protocol, "value", protocol) == "take5":
+            item.add_marker(pytest.mark.skip(reason=str(mainline.args[0])))

@@ -120,9 +120,8 @@ async def test_unknown_log(rig: Rig) -> None:
     assert reply.error == -errno.ESRCH
 
 
+@pytest.mark.mainline_only("take 5 keys instances by CTR order, not luid")
 async def test_same_key_different_ctr_string(rig: Rig) -> None:
-    if rig.emu.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 keys instances by CTR order, not luid")
     await create(rig, b"EXIST-1")
     reply = await rig.emu.request(T.CTR, b"EXIST-1", luid=1,
                                   data=ctr_text(rig, b"EXIST-1", "2048 nosync"))

@@ -397,9 +397,8 @@ async def test_mark_flush_makes_region_dirty_on_disk(logdev: LogDev, disk_rig: D
     assert log.on_disk().dirty_regions(COUNT) == {9, 100}
 
 
+@pytest.mark.mainline_only("take 5 has no integrated flush")
 async def test_integrated_flush_payload_is_dirty_on_disk(logdev: LogDev, disk_rig: DiskRig) -> None:
-    if disk_rig.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 has no integrated flush")
     log = Log(disk_rig, b"DISK-IFL-1", logdev)
     await log.create()
     assert (await log.request(T.FLUSH, u64(3) + u64(77))).error == 0
@@ -466,19 +465,17 @@ async def test_ctr_reply_names_the_device(logdev: LogDev, disk_rig: DiskRig) -> 
 
 
 @pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.mainline_only("the version field is mainline only")
 async def test_ctr_reply_empty_for_ulog_version_1(
     disk_rig: DiskRig, tmp_path: Path, version: int
 ) -> None:
-    if disk_rig.protocol is Protocol.TAKE5:
-        pytest.skip("the version field is mainline only")
     log = Log(disk_rig, b"DISK-CTR-2", image_dev(make_image(tmp_path / "log.img")))
     reply = await log.ctr(version=version)
     assert (reply.error, reply.data) == (0, b"")
 
 
+@pytest.mark.mainline_only("take 5 sends the same CTR bytes on reconnect")
 async def test_ctr_reply_empty_for_reconnect_ctr(logdev: LogDev, disk_rig: DiskRig) -> None:
-    if disk_rig.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 sends the same CTR bytes on reconnect")
     log = Log(disk_rig, b"DISK-CTR-3", logdev)
     reply = await log.request(T.CTR, log.ctr_string() + b"\0")  # NUL counted: reconnect
     assert (reply.error, reply.data) == (0, b"")
@@ -486,11 +483,10 @@ async def test_ctr_reply_empty_for_reconnect_ctr(logdev: LogDev, disk_rig: DiskR
     assert log.on_disk().nr_regions == COUNT
 
 
+@pytest.mark.mainline_only("take 5 cannot tell a reconnect from a reload")
 async def test_reconnect_ctr_of_a_live_log_succeeds_without_payload(
     disk_rig: DiskRig, tmp_path: Path
 ) -> None:
-    if disk_rig.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 cannot tell a reconnect from a reload")
     log = Log(disk_rig, b"DISK-CTR-4", image_dev(make_image(tmp_path / "log.img")))
     await log.create()
     reply = await log.request(T.CTR, log.ctr_string() + b"\0")

@@ -66,9 +66,8 @@ async def test_take5_reload_routes_by_lifecycle(tmp_path: Path) -> None:
         assert reply.data == b"clustered-core 3 1024 T5-RELOAD nosync "
 
 
+@pytest.mark.mainline_only("covered by test_take5_reload_routes_by_lifecycle")
 async def test_ulog_reload_two_instances(rig: Rig) -> None:
-    if rig.emu.protocol is Protocol.TAKE5:
-        pytest.skip("covered by test_take5_reload_routes_by_lifecycle")
     await create(rig, b"RELOAD-1", luid=1, args="1024")
     reply = await rig.emu.request(T.CTR, b"RELOAD-1", luid=2,
                                   data=ctr_text(rig, b"RELOAD-1", "1024 nosync"))

@@ -86,9 +86,8 @@ async def test_mark_flush_clear_changes_is_clean(rig: Rig) -> None:
     assert bool_of(rig, reply.data) == 1
 
 
+@pytest.mark.mainline_only("take 5 sends one region per MARK_REGION")
 async def test_mark_batch_of_32(rig: Rig) -> None:
-    if rig.emu.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 sends one region per MARK_REGION")
     await create(rig, b"BATCH-1")
     regions = b"".join(u64(r) for r in range(32, 64))
     assert (await rig.emu.request(T.MARK_REGION, b"BATCH-1", luid=1, data=regions)).error == 0
@@ -97,9 +96,8 @@ async def test_mark_batch_of_32(rig: Rig) -> None:
         assert (r, bool_of(rig, reply.data)) == (r, 0 if 32 <= r < 64 else 1)
 
 
+@pytest.mark.mainline_only("take 5 has no integrated flush")
 async def test_integrated_flush_payload_marks(rig: Rig) -> None:
-    if rig.emu.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 has no integrated flush")
     await create(rig, b"IFL-1")
     reply = await rig.emu.request(T.FLUSH, b"IFL-1", luid=1, data=u64(3) + u64(4))
     assert (reply.error, reply.data) == (0, b"")  # data_size 0, never the payload echoed
@@ -146,9 +144,8 @@ async def test_status_table(rig: Rig) -> None:
         assert reply.data == b"clustered-core 1024 nosync "
 
 
+@pytest.mark.mainline_only("take 5 cannot tell a duplicate CTR from a reload (protocol.md §10)")
 async def test_duplicate_ctr_is_harmless(rig: Rig) -> None:
-    if rig.emu.protocol is Protocol.TAKE5:
-        pytest.skip("take 5 cannot tell a duplicate CTR from a reload (protocol.md §10)")
     await create(rig, b"DUP-1")
     reply = await rig.emu.request(T.CTR, b"DUP-1", luid=1, data=ctr_text(rig, b"DUP-1"))
     assert reply.error == 0
