@@ -1,0 +1,29 @@
+"""A CPG client process for rig tests: joins a group, reports, and waits to be killed.
+
+Usage: ``python -m tests.cluster.client GROUP``. It prints one JSON line
+``{"node_id": N, "pid": P}`` once its own join is delivered, then blocks reading stdin;
+it leaves the group and exits when stdin closes. A test kills it to provoke PROCDOWN.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import trio
+
+from clogfs.cluster.cpg import ConfChange, open_cpg_group
+
+
+async def main(group_name: bytes) -> None:
+    """Join ``group_name``, report the own join, then wait for stdin to close."""
+    async with open_cpg_group(group_name) as group:
+        async for event in group:
+            if isinstance(event, ConfChange) and group.member in event.members:
+                break
+        print(json.dumps({"node_id": group.node_id, "pid": group.pid}), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1].encode())
