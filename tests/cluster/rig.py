@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,11 +48,14 @@ T = TypeVar("T")
 
 # <linux/sched.h>
 CLONE_NEWNET = 0x40000000
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
 
 SUBNET = "198.18.0"
 PREFIX_LEN = 24
 SHM_DIR = Path("/dev/shm")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_RIG_NETNS = re.compile(r"clogfs(\d+)-(?:br|n\d+)")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -71,6 +75,25 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the starting thread ends (survives exec)."""
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(127)
+
+
+def reap_stale_rigs() -> None:
+    """Delete namespaces of rigs whose test process died without cleaning up.
+
+    Only names of the rig's own form (``clogfs<pid>-br``, ``clogfs<pid>-n<id>``) whose pid
+    is no longer alive are touched.
+    """
+    for line in _run(("ip", "netns", "list")).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = _RIG_NETNS.fullmatch(name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            _run(("ip", "netns", "del", name), check=False)
 
 
 def corosync_conf(node_ids: Sequence[int], *, state_dir: Path, logfile: Path) -> str:
@@ -178,7 +201,12 @@ class CorosyncRig:
     # -- corosync ----------------------------------------------------------------------------
 
     def start_corosync(self, node_id: int) -> None:
-        """Write the node's configuration and start its corosync in the foreground."""
+        """Write the node's configuration and start its corosync in the foreground.
+
+        Call it from a thread that outlives the daemon (the main thread): corosync gets
+        SIGKILL when the thread that started it ends, so a test process that dies without
+        cleaning up leaves no corosync running.
+        """
         node = self.nodes[node_id]
         for sub in ("run", "lib", "state"):
             (node.root / sub).mkdir(parents=True, exist_ok=True)
@@ -196,6 +224,7 @@ class CorosyncRig:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
 
     def corosync_pid(self, node_id: int) -> int:
@@ -361,6 +390,7 @@ class CorosyncRig:
 
     def start(self, *, timeout: float = 30.0) -> None:
         """Create the network, start every corosync and wait until the cluster is formed."""
+        reap_stale_rigs()
         self.create_network()
         for node_id in self.nodes:
             self.start_corosync(node_id)
