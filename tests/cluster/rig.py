@@ -337,7 +337,7 @@ class CorosyncRig:
 
     def call_in_netns(self, netns: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a new thread that has entered the network namespace ``netns``."""
-        return _NetnsThread(netns, fn, args).start().result()
+        return NetnsCall(netns, fn, args).start().result()
 
     def call_in_node(self, node_id: int, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a new thread inside the node's network namespace."""
@@ -349,6 +349,12 @@ class CorosyncRig:
         """Run ``trio.run(async_fn, *args)`` in the node's network namespace (a new thread)."""
         result: T = self.call_in_node(node_id, trio.run, async_fn, *args)
         return result
+
+    def start_trio_in_node(
+        self, node_id: int, async_fn: Callable[..., Awaitable[T]], *args: Any
+    ) -> NetnsCall[T]:
+        """Start ``trio.run(async_fn, *args)`` in the node's namespace; ``.result()`` waits."""
+        return NetnsCall(self.nodes[node_id].netns, trio.run, (async_fn, *args)).start()
 
     def run_trio_in_nodes(
         self, calls: dict[int, tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]]
@@ -363,7 +369,7 @@ class CorosyncRig:
             every thread has finished.
         """
         threads = {
-            node_id: _NetnsThread(self.nodes[node_id].netns, trio.run, (fn, *args)).start()
+            node_id: NetnsCall(self.nodes[node_id].netns, trio.run, (fn, *args)).start()
             for node_id, (fn, args) in calls.items()
         }
         for thread in threads.values():
@@ -408,7 +414,7 @@ class CorosyncRig:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class _NetnsThread(Generic[T]):
+class NetnsCall(Generic[T]):
     """A thread that enters a network namespace, runs one call and keeps its outcome."""
 
     def __init__(self, netns: str, fn: Callable[..., T], args: Sequence[Any]) -> None:
@@ -430,7 +436,7 @@ class _NetnsThread(Generic[T]):
         except BaseException as exc:  # re-raised in the caller's thread by result()
             self._error = exc
 
-    def start(self) -> _NetnsThread[T]:
+    def start(self) -> NetnsCall[T]:
         self._thread.start()
         return self
 
