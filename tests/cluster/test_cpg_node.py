@@ -11,11 +11,13 @@ import trio.testing
 
 from clogfs.cluster.cpg import (
     ConfChange,
+    CorosyncError,
     CorosyncGoneError,
     CpgAddress,
     CpgEvent,
     CpgGroup,
     CpgReason,
+    CsError,
     Deliver,
     TotemChange,
     open_cpg_group,
@@ -263,3 +265,20 @@ def test_corosync_killed_is_detected_and_released(rig1: CorosyncRig) -> None:
         rig1.wait_formed()
     assert after == before
     assert mappings == []
+
+
+def test_second_join_by_one_process_is_refused_and_released(rig1: CorosyncRig) -> None:
+    """CPG names a member by node id and pid: one process cannot join a group twice."""
+
+    async def scenario() -> tuple[int, set[str], set[str]]:
+        async with open_cpg_group(b"twice") as group:
+            await joined(group)
+            before = open_fds()
+            with pytest.raises(CorosyncError) as info:
+                async with open_cpg_group(b"twice"):
+                    pass  # pragma: no cover
+            return info.value.cs_error, before, open_fds()
+
+    code, before, after = rig1.run_trio_in_node(1, scenario)
+    assert code == CsError.ERR_EXIST
+    assert after == before
