@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("bench.protocol", "bench.disk")
+BENCHES = ("bench.protocol", "bench.disk", "bench.cluster", "bench.kernel")
 
 
 def main() -> int:
