@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import enum
 import errno
 import fcntl
 import logging
@@ -62,11 +64,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import outcome
 import trio
 
+from clogfs.disklog.aio import IOCB_CMD_FDSYNC, IOCB_CMD_PWRITE, AioContext, AioUnavailable, Iocb
 from clogfs.disklog.format import IMAGE_FILE_BLOCK_SIZE
 from clogfs.errors import LocalProtocolError, LogDeviceError
 
@@ -362,26 +365,47 @@ class _Job:
     failure is logged). ``delivered`` says that ``result`` may be collected.
     """
 
-    __slots__ = ("delivered", "device", "hub", "result", "run", "stop", "task", "what")
+    __slots__ = ("delivered", "device", "hub", "op", "result", "run", "stop", "task", "what")
 
     def __init__(
         self,
         run: Callable[[], Any],
         what: str,
         device: str,
-        hub: _CompletionHub,
-        task: trio.lowlevel.Task,
+        hub: _Poster,
+        task: trio.lowlevel.Task | None,
         *,
         stop: bool,
+        op: _Op | None = None,
     ) -> None:
         self.run = run
         self.what = what
         self.device = device
         self.hub = hub
-        self.task: trio.lowlevel.Task | None = task
+        self.task = task
         self.stop = stop
         self.result: outcome.Outcome[Any] | None = None
         self.delivered = False
+        # The AIO-mode operation this job carries out on the writer (see ``_AioEngine``).
+        self.op = op
+
+
+class _Poster(Protocol):
+    """Where a writer thread hands a finished job: a ``_CompletionHub`` or an ``_AioEngine``."""
+
+    def post(self, job: _Job) -> bool:
+        """Take ``job`` (writer thread); ``False`` if nobody will collect it any more."""
+        ...
+
+
+class _Nowhere:
+    """The poster of jobs left over when an ``_AioEngine`` shut down: nobody collects them."""
+
+    def post(self, job: _Job) -> bool:
+        return False
+
+
+_NOWHERE = _Nowhere()
 
 
 def _log_dropped(job: _Job, error: BaseException) -> None:
@@ -558,6 +582,469 @@ class _CompletionHub:
                 _log_dropped(job, job.result.error)
 
 
+# ------------------------------------------------------------------- native AIO
+
+_AIO_NR_EVENTS = 1024  # requests in flight per trio run before io_submit says EAGAIN
+_AIO_MAX_RUNS = 64  # a write of more runs goes to the writer thread (one pwrite per run)
+
+
+class _AioBuffer:
+    """A page-aligned ``mmap`` area and its address, for the kernel to read from."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.map = mmap.mmap(-1, _round_up(nbytes, _PAGE_SIZE))
+        self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(self._anchor)
+
+    def close(self) -> None:
+        self._anchor = None  # drops the buffer export, so the map may close
+        self.map.close()
+
+
+class _Stage(enum.Enum):
+    """What the requests in flight of an ``_Op`` are."""
+
+    WRITE = "write"  # one PWRITE per run, all at once (RWF_DSYNC if op.dsync)
+    FDSYNC = "cache flush"  # one IOCB_CMD_FDSYNC after the plain writes completed
+
+
+class _Op:
+    """One operation of a device in AIO mode, from the call until its outcome is delivered.
+
+    A write op (``runs`` set) is carried out by the ``_AioEngine`` through native AIO, or by
+    the device's writer thread like every other op (``run``, see ``_AioEngine._start``).
+    Trio thread only, apart from the writer running ``run``.
+    """
+
+    __slots__ = (
+        "cache_flush",
+        "device",
+        "done",
+        "dsync",
+        "error",
+        "in_flight",
+        "iocbs",
+        "next_submit",
+        "result",
+        "retried",
+        "run",
+        "runs",
+        "stage",
+        "stop",
+        "task",
+        "waiting",
+        "what",
+    )
+
+    def __init__(
+        self,
+        device: LogDevice,
+        run: Callable[[], Any],
+        what: str,
+        task: trio.lowlevel.Task,
+        *,
+        stop: bool,
+        runs: list[tuple[int, list[bytes]]] | None,
+        cache_flush: bool,
+    ) -> None:
+        self.device = device
+        self.run = run
+        self.what = what
+        self.task: trio.lowlevel.Task | None = task  # None once the caller was cancelled
+        self.waiting = False  # the task is parked in _AioEngine.wait
+        self.stop = stop
+        self.runs = runs
+        self.cache_flush = cache_flush
+        self.done = False
+        self.result: outcome.Outcome[Any] | None = None
+        # AIO state of the current stage
+        self.stage = _Stage.WRITE
+        self.dsync = False
+        self.iocbs: list[Iocb] = []
+        self.next_submit = 0
+        self.in_flight = 0
+        self.error: tuple[int, str] | None = None  # (errno, what went wrong) of this stage
+        self.retried: str | None = None  # why a RWF_DSYNC write was retried
+
+
+class _AioEngine:
+    """The native AIO channel of one trio run: one AIO context, one eventfd, one reaper task.
+
+    Devices whose ``RWF_DSYNC`` writes flush like ``fdatasync`` (``dsync_flushes_cache``)
+    attach to it. Their operations are sequenced here, on the trio thread: each device has
+    at most one op started (in flight); the others wait in its ``_backlog`` and the next
+    starts when the previous finishes. A write op is submitted with ``io_submit``: one
+    ``PWRITE`` per run, all at once, each with ``RWF_DSYNC`` when the write is to be flushed
+    and nothing unflushed lies on the device (a FUA write makes only its own blocks durable);
+    else plain writes, and after they completed one ``IOCB_CMD_FDSYNC``. Other ops (reads,
+    the close, writes of very many runs, the first op after a run ended with work left on the
+    writer) go to the device's writer thread, which posts the finished job here. Every
+    request signals the eventfd (``IOCB_FLAG_RESFD``), and so does a writer posting a job;
+    the reaper task waits on it, reaps with ``io_getevents`` and a zero timeout, delivers the
+    outcomes and starts the next ops.
+
+    D or F (``disk-format.md`` §6): a failed ``RWF_DSYNC`` write stage is done again as plain
+    writes and an ``FDSYNC``, which tells a failed write (``flush_failed=False``) from a
+    failed flush (``True``). ``EOPNOTSUPP`` for ``RWF_DSYNC`` turns the device's
+    ``RWF_DSYNC`` use off for good.
+
+    Resource handling:
+        Created by the first op of an AIO-capable device in a run (``current``; if
+        ``io_setup`` fails, the run uses the writer threads and says so once). A device
+        detaches when its stop op finishes; with none attached the engine closes
+        (``io_destroy``, eventfd) and the next op starts a new one. At the end of the run
+        the reaper's ``finally`` closes it: ``io_destroy`` waits for requests in flight (so
+        no buffer is freed under the kernel), and every op not finished (in flight or
+        backlogged) goes, in order, to its device's writer thread, which does it again
+        with blocking calls and logs a failure, as for an abandoned job.
+    """
+
+    _RUN_VAR: trio.lowlevel.RunVar[_AioEngine | bool | None] = trio.lowlevel.RunVar(
+        "clogfs_log_device_aio", default=None
+    )
+
+    def __init__(self) -> None:
+        self._ctx = AioContext(_AIO_NR_EVENTS)
+        self._efd = self._ctx.eventfd
+        self._finished_jobs: collections.deque[_Job] = collections.deque()
+        # Guards _closed against writers posting: no signal may reach a closed eventfd.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._devices: dict[LogDevice, None] = {}
+        self._requests: dict[int, tuple[_Op, int]] = {}  # aio_data -> (op, expected res)
+        self._next_key = 1
+        self._stalled: collections.deque[_Op] = collections.deque()  # ring was full
+        self._idle: collections.deque[LogDevice] = collections.deque()  # may start an op
+        self._watch = trio.CancelScope()
+
+    @classmethod
+    def current(cls) -> _AioEngine | None:
+        """The engine of the current run, started if there is none; ``None``: no AIO here."""
+        engine = cls._RUN_VAR.get()
+        if engine is False:
+            return None
+        if isinstance(engine, _AioEngine) and not engine.closed:
+            return engine
+        try:
+            engine = cls()
+        except AioUnavailable as exc:
+            log.info("native AIO unavailable (%s): log devices use writer threads", exc)
+            cls._RUN_VAR.set(False)
+            return None
+        try:
+            trio.lowlevel.spawn_system_task(engine._reap_forever, name=f"{__name__} aio")
+        except BaseException:
+            engine._ctx.close()
+            raise
+        cls._RUN_VAR.set(engine)
+        return engine
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def attach(self, device: LogDevice) -> None:
+        """Take ``device``'s ops from now on until its stop op (trio thread)."""
+        self._devices[device] = None
+
+    def post(self, job: _Job) -> bool:
+        """Hand a job the writer finished to the trio thread (writer thread)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._finished_jobs.append(job)
+            os.eventfd_write(self._efd, 1)
+        return True
+
+    def enqueue(self, op: _Op) -> None:
+        """Start ``op`` now if its device is idle, else queue it behind (trio thread)."""
+        device = op.device
+        device._backlog.append(op)
+        if not device._busy:
+            self._idle.append(device)
+            self._pump()
+
+    async def wait(self, op: _Op) -> Any:
+        """Park until ``op`` finished and unwrap its outcome (trio thread).
+
+        Error handling:
+            A cancelled caller abandons the op: it still runs, in order, and a failure is
+            logged when it finishes.
+        """
+        if op.done:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            assert op.result is not None
+            return op.result.unwrap()
+        op.waiting = True
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            op.waiting = False
+            op.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    # ------------------------------------------------------------------ sequencing
+
+    def _pump(self) -> None:
+        """Start the next op of every device that became idle (iteratively, no recursion)."""
+        while self._idle:
+            device = self._idle.popleft()
+            if not device._busy and device._backlog:
+                self._start(device._backlog.popleft())
+
+    def _start(self, op: _Op) -> None:
+        device = op.device
+        device._busy = True
+        if op.runs is not None and device._aio_write_ok(len(op.runs)):
+            self._start_write(op)
+            return
+        job = _Job(op.run, op.what, device.info.name, self, None, stop=op.stop, op=op)
+        device._queued += 1
+        device._queue.put(job)
+
+    def _finish(self, op: _Op, result: outcome.Outcome[Any]) -> None:
+        op.result = result
+        op.done = True
+        op.iocbs = []
+        device = op.device
+        device._busy = False
+        if op.waiting:
+            op.waiting = False
+            assert op.task is not None
+            trio.lowlevel.reschedule(op.task, result)
+        elif op.task is None and isinstance(result, outcome.Error):
+            _log_dropped_op(op, result.error)
+        if op.stop:
+            self._detach(device)
+        else:
+            self._idle.append(device)
+
+    def _detach(self, device: LogDevice) -> None:
+        del self._devices[device]
+        device._release_aio_buffer()
+        if not self._devices:
+            self._close()
+
+    # ---------------------------------------------------------------- write stages
+
+    def _start_write(self, op: _Op) -> None:
+        device = op.device
+        assert op.runs is not None
+        op.dsync = op.cache_flush and not device._unflushed
+        if not op.dsync:
+            device._unflushed = True
+        buffer = device._aio_buffer_for(sum(len(d) for _, datas in op.runs for d in datas))
+        iocbs = []
+        at = 0
+        for offset, datas in op.runs:
+            start = at
+            for data in datas:
+                buffer.map[at : at + len(data)] = data
+                at += len(data)
+            iocbs.append((offset, buffer.address + start, at - start))
+        self._submit_stage(op, _Stage.WRITE, iocbs)
+
+    def _submit_stage(self, op: _Op, stage: _Stage, requests: list[tuple[int, int, int]]) -> None:
+        """Prepare and submit one stage: ``(offset, address, length)`` per request."""
+        op.stage = stage
+        op.error = None
+        op.next_submit = 0
+        op.in_flight = 0
+        fd = op.device._fd
+        if stage is _Stage.FDSYNC:
+            opcode, rw_flags = IOCB_CMD_FDSYNC, 0
+        else:
+            opcode, rw_flags = IOCB_CMD_PWRITE, os.RWF_DSYNC if op.dsync else 0
+        op.iocbs = []
+        for offset, address, length in requests:
+            iocb = Iocb()
+            key = self._next_key
+            self._next_key += 1
+            self._ctx.prepare(
+                iocb,
+                opcode=opcode,
+                fd=fd,
+                buf=address,
+                nbytes=length,
+                offset=offset,
+                rw_flags=rw_flags,
+                data=key,
+            )
+            self._requests[key] = (op, length)
+            op.iocbs.append(iocb)
+        self._push(op)
+
+    def _push(self, op: _Op) -> None:
+        """Submit what is left of ``op``'s stage; queue it as stalled if the ring is full."""
+        iocbs = op.iocbs
+        while op.next_submit < len(iocbs):
+            try:
+                taken = self._ctx.submit(iocbs[op.next_submit :])
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+                op.error = (code, os.strerror(code))
+                for iocb in iocbs[op.next_submit :]:
+                    del self._requests[iocb.aio_data]
+                op.next_submit = len(iocbs)
+                break
+            if taken == 0:
+                if len(self._requests) > len(iocbs) - op.next_submit:
+                    self._stalled.append(op)  # others are in flight: retried after a reap
+                    return
+                op.error = (errno.EAGAIN, "io_submit: ring full")
+                for iocb in iocbs[op.next_submit :]:
+                    del self._requests[iocb.aio_data]
+                op.next_submit = len(iocbs)
+                break
+            op.next_submit += taken
+            op.in_flight += taken
+        if op.in_flight == 0:
+            self._stage_done(op)
+
+    def _completed(self, key: int, res: int) -> None:
+        op, expected = self._requests.pop(key)
+        op.in_flight -= 1
+        if res != expected and op.error is None:
+            if res < 0:
+                op.error = (-res, os.strerror(-res))
+            else:
+                op.error = (errno.EIO, f"short write: {res} of {expected} bytes")
+        if op.in_flight == 0 and op.next_submit == len(op.iocbs):
+            self._stage_done(op)
+
+    def _stage_done(self, op: _Op) -> None:
+        """Decide what follows a stage whose requests all completed (or failed to submit)."""
+        device = op.device
+        name = device.info.name
+        if op.stage is _Stage.WRITE and op.error is not None and op.dsync:
+            code, why = op.error
+            if code == errno.EOPNOTSUPP:
+                device._dsync_writes = False
+                log.info("log device %s: RWF_DSYNC not supported, using fdatasync", name)
+            else:
+                op.retried = why
+            # Whether the write or the cache flush failed (D or F), the retry tells.
+            op.dsync = False
+            device._unflushed = True
+            requests = [(iocb.aio_offset, iocb.aio_buf, iocb.aio_nbytes) for iocb in op.iocbs]
+            self._submit_stage(op, _Stage.WRITE, requests)
+        elif op.stage is _Stage.WRITE and op.error is not None:
+            code, why = op.error
+            self._finish(
+                op,
+                outcome.Error(
+                    LogWriteError(
+                        f"log device {name}: write of {len(op.iocbs)} run(s) failed: {why}",
+                        errno=code,
+                        flush_failed=False,
+                    )
+                ),
+            )
+        elif op.stage is _Stage.WRITE and op.cache_flush and not op.dsync:
+            self._submit_stage(op, _Stage.FDSYNC, [(0, 0, 0)])
+        elif op.stage is _Stage.FDSYNC and op.error is not None:
+            code, why = op.error
+            self._finish(
+                op,
+                outcome.Error(
+                    LogWriteError(
+                        f"log device {name}: cache flush failed: {why}",
+                        errno=code,
+                        flush_failed=True,
+                    )
+                ),
+            )
+        else:
+            if op.cache_flush:
+                device._unflushed = False
+            if op.retried is not None:
+                log.warning(
+                    "log device %s: write with RWF_DSYNC failed (%s); written and flushed on retry",
+                    name,
+                    op.retried,
+                )
+            self._finish(op, outcome.Value(None))
+
+    # ------------------------------------------------------------------- reaping
+
+    async def _reap_forever(self) -> None:
+        try:
+            with self._watch:  # cancelled by ``_close`` when the last device detaches
+                while not self._closed:
+                    await trio.lowlevel.wait_readable(self._efd)
+                    self._dispatch()
+        finally:
+            self._shutdown()
+
+    def _dispatch(self) -> None:
+        """Deliver every completion there is, then start what may start (trio thread)."""
+        for key, res in self._ctx.reap():
+            self._completed(key, res)
+        while self._finished_jobs:
+            job = self._finished_jobs.popleft()
+            assert job.op is not None
+            assert job.result is not None
+            self._finish(job.op, job.result)
+        for _ in range(len(self._stalled)):
+            self._push(self._stalled.popleft())
+        self._pump()
+
+    def _close(self) -> None:
+        """Close the context and the eventfd (trio thread); idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            trio.lowlevel.notify_closing(self._efd)
+            self._ctx.close()  # io_destroy: waits for requests still in flight
+        self._watch.cancel()
+        if self._RUN_VAR.get() is self:
+            self._RUN_VAR.set(None)
+
+    def _shutdown(self) -> None:
+        """At the end of the run: close, hand every unfinished op to its writer thread."""
+        if self._closed:
+            return
+        self._close()
+        while self._finished_jobs:
+            job = self._finished_jobs.popleft()
+            if job.op is not None and job.op.task is None and isinstance(job.result, outcome.Error):
+                _log_dropped_op(job.op, job.result.error)
+        unfinished: dict[_Op, None] = {}
+        for op, _ in self._requests.values():
+            unfinished[op] = None
+        self._requests.clear()
+        for device in self._devices:
+            ops = [op for op in unfinished if op.device is device]
+            ops += device._backlog
+            device._backlog.clear()
+            device._busy = False
+            for op in ops:
+                op.iocbs = []
+                job = _Job(op.run, op.what, device.info.name, _NOWHERE, None, stop=op.stop)
+                device._queued += 1
+                device._queue.put(job)
+            if ops:
+                log.warning(
+                    "log device %s: %d operation(s) unfinished at the end of the run, left "
+                    "to the writer thread",
+                    device.info.name,
+                    len(ops),
+                )
+            device._release_aio_buffer()
+        self._devices.clear()
+
+
+def _log_dropped_op(op: _Op, error: BaseException) -> None:
+    log.warning(
+        "log device %s: %s abandoned by a cancelled caller failed: %s",
+        op.device.info.name,
+        op.what,
+        error,
+    )
+
+
 class LogDevice:
     """An open log device with its own writer thread.
 
@@ -587,6 +1074,7 @@ class LogDevice:
         *,
         private_node: Path | None,
         dsync_writes: bool = False,
+        native_aio: bool = True,
     ) -> None:
         """Wrap an open descriptor and start its writer; use ``LogDevice.open`` instead.
 
@@ -596,6 +1084,8 @@ class LogDevice:
             private_node: a node to remove at ``aclose``.
             dsync_writes: ``RWF_DSYNC`` on this descriptor flushes the cache as
                 ``fdatasync`` would (see ``dsync_flushes_cache``).
+            native_aio: write through the run's ``_AioEngine`` when ``dsync_writes``
+                holds and native AIO works; else every job goes to the writer thread.
         """
         self.info = info
         self._fd = fd
@@ -609,6 +1099,16 @@ class LogDevice:
         self._buffer: mmap.mmap | None = None
         self._closing = False
         self._hub: _CompletionHub | None = None
+        # AIO mode (trio thread): the run's engine, the ops not started yet, whether one is.
+        self._native_aio = native_aio
+        self._engine: _AioEngine | None = None
+        self._backlog: collections.deque[_Op] = collections.deque()
+        self._busy = False
+        self._aio_buffer: _AioBuffer | None = None
+        # Jobs handed to the writer (trio thread) and run by it (writer thread): while they
+        # differ, a write must not bypass the writer.
+        self._queued = 0
+        self._served = 0
         self._thread = threading.Thread(
             target=self._serve,
             name=f"clogfs-logdev {info.name}",
@@ -732,7 +1232,7 @@ class LogDevice:
             trio.ClosedResourceError: the device was closed.
         """
         runs = self._coalesce(extents)
-        await self._submit(lambda: self._do_write(runs, cache_flush), "write")
+        await self._submit(lambda: self._do_write(runs, cache_flush), "write", runs, cache_flush)
 
     async def aclose(self) -> None:
         """Stop the writer after the jobs queued before, close the device, remove a node.
@@ -749,26 +1249,75 @@ class LogDevice:
         self._closing = True
         await self._run_job(lambda: None, "close", stop=True)
 
-    async def _submit(self, run: Callable[[], Any], what: str) -> Any:
+    async def _submit(
+        self,
+        run: Callable[[], Any],
+        what: str,
+        runs: list[tuple[int, list[bytes]]] | None = None,
+        cache_flush: bool = False,
+    ) -> Any:
         if self._closing:
             raise trio.ClosedResourceError(f"log device {self.info.name} is closed")
-        return await self._run_job(run, what)
+        return await self._run_job(run, what, runs=runs, cache_flush=cache_flush)
 
-    async def _run_job(self, run: Callable[[], Any], what: str, *, stop: bool = False) -> Any:
-        """Queue a job for the writer and park until the hub delivers its outcome.
+    async def _run_job(
+        self,
+        run: Callable[[], Any],
+        what: str,
+        *,
+        stop: bool = False,
+        runs: list[tuple[int, list[bytes]]] | None = None,
+        cache_flush: bool = False,
+    ) -> Any:
+        """Start or queue a job and park until its outcome is delivered.
+
+        ``run`` is the job as the writer thread does it; a write also passes its ``runs``
+        and ``cache_flush``, so that in AIO mode the engine may do it instead.
 
         Error handling:
             If the caller is cancelled before the outcome is delivered, the job is
-            abandoned (it still runs, in order, and the hub logs a failure) and the
+            abandoned (it still runs, in order, and a failure is logged) and the
             cancellation propagates.
         """
+        engine = self._engine
+        if (engine is None or engine.closed) and (self._hub is None or self._hub.closed):
+            engine = self._engine = None
+            if self._native_aio and self._dsync_writes:
+                engine = self._engine = _AioEngine.current()
+            if engine is not None:
+                engine.attach(self)
+            else:
+                self._hub = _CompletionHub.current()
+                self._hub.attach()
+        task = trio.lowlevel.current_task()
+        if engine is not None:
+            op = _Op(self, run, what, task, stop=stop, runs=runs, cache_flush=cache_flush)
+            engine.enqueue(op)
+            return await engine.wait(op)
         hub = self._hub
-        if hub is None or hub.closed:
-            hub = self._hub = _CompletionHub.current()
-            hub.attach()
-        job = _Job(run, what, self.info.name, hub, trio.lowlevel.current_task(), stop=stop)
+        assert hub is not None
+        job = _Job(run, what, self.info.name, hub, task, stop=stop)
+        self._queued += 1
         self._queue.put(job)
         return await hub.wait(job)
+
+    def _aio_write_ok(self, nruns: int) -> bool:
+        """Whether the engine may do a write of ``nruns`` runs itself (trio thread)."""
+        return self._dsync_writes and nruns <= _AIO_MAX_RUNS and self._queued == self._served
+
+    def _aio_buffer_for(self, nbytes: int) -> _AioBuffer:
+        """The engine's page-aligned buffer for this device, grown to ``nbytes`` (trio)."""
+        buffer = self._aio_buffer
+        if buffer is None or len(buffer.map) < nbytes:
+            if buffer is not None:
+                buffer.close()
+            buffer = self._aio_buffer = _AioBuffer(nbytes)
+        return buffer
+
+    def _release_aio_buffer(self) -> None:
+        if self._aio_buffer is not None:
+            self._aio_buffer.close()
+            self._aio_buffer = None
 
     def _coalesce(self, extents: Sequence[tuple[int, bytes]]) -> list[tuple[int, list[bytes]]]:
         """Check ``extents`` and group adjacent ones into runs ``(offset, [data, ...])``."""
@@ -802,6 +1351,7 @@ class LogDevice:
             job = self._queue.get()
             stop = job.stop
             job.result = result = outcome.capture(self._release if stop else job.run)
+            self._served += 1
             # From here on the job belongs to the trio thread.
             if not job.hub.post(job) and isinstance(result, outcome.Error):
                 _log_dropped(job, result.error)  # the run is over: nobody is waiting

@@ -1,4 +1,8 @@
-"""The log device shell: resolution, O_DIRECT I/O, ordering, cancellation, failures."""
+"""The log device shell: resolution, O_DIRECT I/O, ordering, cancellation, failures.
+
+Every test runs twice: with native AIO writes (the default where ``RWF_DSYNC`` is trusted)
+and with the writer thread doing every job (``_native_aio = False``), see ``writer_path``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clogfs.disklog.aio import IOCB_CMD_FDSYNC, IOCB_CMD_PWRITE, AioContext, Iocb
 from clogfs.disklog.device import (
     LogDevice,
     LogWriteError,
@@ -31,12 +36,23 @@ from clogfs.errors import LocalProtocolError, LogDeviceError
 from tests.disklog.failfs import SetFail
 
 BLOCK = IMAGE_FILE_BLOCK_SIZE
+NATIVE_AIO = [True]  # set per test by ``writer_path``
+
+
+@pytest.fixture(autouse=True, params=["aio", "thread"])
+def writer_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with devices opened by ``open_device`` using AIO, then threads only."""
+    NATIVE_AIO[0] = request.param == "aio"
+    yield request.param
+    NATIVE_AIO[0] = True
 
 
 async def open_device(word: str | Path, private_dir: Path, **kwargs: Path) -> LogDevice:
-    return await trio.to_thread.run_sync(
+    dev = await trio.to_thread.run_sync(
         lambda: LogDevice.open(str(word), private_dir=private_dir, **kwargs)
     )
+    dev._native_aio = NATIVE_AIO[0]
+    return dev
 
 
 def read_plain(path: Path, offset: int, length: int) -> bytes:
@@ -612,9 +628,9 @@ async def test_a_fuse_image_writes_and_flushes_separately(
         assert dev._dsync_writes is False
 
 
-def spy_on_writes(dev: LogDevice) -> list[int]:
-    """Record the ``pwritev2`` flags of every write ``dev``'s writer makes."""
-    flags_seen: list[int] = []
+def spy_on_writes(dev: LogDevice) -> list[int | str]:
+    """Record the ``pwritev2`` flags of every write ``dev``'s writer thread makes."""
+    flags_seen: list[int | str] = []
     real = dev._pwrite
 
     def spy(offset: int, length: int, flags: int) -> int:
@@ -625,18 +641,59 @@ def spy_on_writes(dev: LogDevice) -> list[int]:
     return flags_seen
 
 
-async def test_write_path_follows_what_is_unflushed(image_file: Path, private_dir: Path) -> None:
+FDSYNC = "fdsync"
+
+
+def spy_on_aio(monkeypatch: pytest.MonkeyPatch) -> list[int | str]:
+    """Record every request the AIO engine submits: a write's ``aio_rw_flags`` or FDSYNC."""
+    seen: list[int | str] = []
+    real = AioContext.submit
+
+    def spy(self: AioContext, iocbs: list[Iocb]) -> int:
+        taken = real(self, iocbs)
+        for iocb in iocbs[:taken]:
+            assert iocb.aio_lio_opcode in (IOCB_CMD_PWRITE, IOCB_CMD_FDSYNC)
+            seen.append(iocb.aio_rw_flags if iocb.aio_lio_opcode == IOCB_CMD_PWRITE else FDSYNC)
+        return taken
+
+    monkeypatch.setattr(AioContext, "submit", spy)
+    return seen
+
+
+async def write_sequence(dev: LogDevice) -> None:
+    one = [(0, b"1" * BLOCK)]
+    await dev.write(one, cache_flush=True)  # what was there before we opened: fdatasync
+    await dev.write(one, cache_flush=True)  # nothing unflushed: one RWF_DSYNC write
+    await dev.write(one, cache_flush=False)
+    await dev.write(one, cache_flush=True)  # after an unflushed write: fdatasync
+    await dev.write([(0, b"2" * BLOCK), (2 * BLOCK, b"3" * BLOCK)], cache_flush=True)
+    await dev.write(one, cache_flush=True)
+
+
+async def test_thread_write_path_follows_what_is_unflushed(
+    image_file: Path, private_dir: Path
+) -> None:
     async with await open_device(image_file, private_dir) as dev:
         dev._dsync_writes = True
+        dev._native_aio = False
         flags = spy_on_writes(dev)
-        one = [(0, b"1" * BLOCK)]
-        await dev.write(one, cache_flush=True)  # what was there before we opened: fdatasync
-        await dev.write(one, cache_flush=True)  # nothing unflushed: one RWF_DSYNC write
-        await dev.write(one, cache_flush=False)
-        await dev.write(one, cache_flush=True)  # after an unflushed write: fdatasync
-        await dev.write([(0, b"2" * BLOCK), (2 * BLOCK, b"3" * BLOCK)], cache_flush=True)
-        await dev.write(one, cache_flush=True)
+        await write_sequence(dev)
     assert flags == [0, os.RWF_DSYNC, 0, 0, 0, 0, os.RWF_DSYNC]
+    assert read_plain(image_file, 0, 3 * BLOCK) == b"1" * BLOCK + bytes(BLOCK) + b"3" * BLOCK
+
+
+async def test_aio_write_path_follows_what_is_unflushed(
+    image_file: Path, private_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = spy_on_aio(monkeypatch)
+    async with await open_device(image_file, private_dir) as dev:
+        dev._native_aio = True
+        threads = spy_on_writes(dev)
+        await write_sequence(dev)
+    dsync = os.RWF_DSYNC
+    # Two runs flushed with nothing unflushed before: both RWF_DSYNC (FUA covers only its own).
+    assert seen == [0, FDSYNC, dsync, 0, 0, FDSYNC, dsync, dsync, dsync]
+    assert threads == []
     assert read_plain(image_file, 0, 3 * BLOCK) == b"1" * BLOCK + bytes(BLOCK) + b"3" * BLOCK
 
 
@@ -660,20 +717,22 @@ def failfs_loop(failfs_image: tuple[Path, SetFail]) -> Iterator[tuple[Path, SetF
         subprocess.run(["losetup", "-d", str(device)], check=True)
 
 
-async def flushed_once(dev: LogDevice) -> list[int]:
+async def flushed_once(dev: LogDevice, monkeypatch: pytest.MonkeyPatch) -> list[int | str]:
     """One successful flushed write, so the next one may use RWF_DSYNC; then spy."""
     await dev.write([(0, bytes(BLOCK))], cache_flush=True)
+    if dev._native_aio:
+        return spy_on_aio(monkeypatch)
     return spy_on_writes(dev)
 
 
 @pytest.mark.root
 @pytest.mark.fuse
 async def test_failed_dsync_write_is_a_write_error(
-    failfs_loop: tuple[Path, SetFail], private_dir: Path
+    failfs_loop: tuple[Path, SetFail], private_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device, set_fail = failfs_loop
     async with await open_device(device, private_dir) as dev:
-        flags = await flushed_once(dev)
+        flags = await flushed_once(dev, monkeypatch)
         set_fail(write=True, fsync=False)
         with pytest.raises(LogWriteError) as caught:
             await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
@@ -685,19 +744,21 @@ async def test_failed_dsync_write_is_a_write_error(
 @pytest.mark.root
 @pytest.mark.fuse
 async def test_failed_flush_of_a_dsync_write_is_a_flush_error(
-    failfs_loop: tuple[Path, SetFail], private_dir: Path
+    failfs_loop: tuple[Path, SetFail], private_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device, set_fail = failfs_loop
     async with await open_device(device, private_dir) as dev:
-        flags = await flushed_once(dev)
+        flags = await flushed_once(dev, monkeypatch)
+        # How a plain write is made durable: fdatasync on the thread, FDSYNC through AIO
+        flush = [FDSYNC] if dev._native_aio else []
         set_fail(write=False, fsync=True)
         with pytest.raises(LogWriteError) as caught:
             await dev.write([(0, b"x" * BLOCK)], cache_flush=True)
-        assert flags == [os.RWF_DSYNC, 0]  # the plain retry worked, its fdatasync failed
+        assert flags == [os.RWF_DSYNC, 0, *flush]  # the plain retry worked, its flush failed
         assert caught.value.flush_failed is True
         assert caught.value.errno == errno.EIO
         set_fail(write=False, fsync=False)
         await dev.write([(0, b"y" * BLOCK)], cache_flush=True)  # after a failure: fdatasync
         await dev.write([(0, b"z" * BLOCK)], cache_flush=True)
-    assert flags == [os.RWF_DSYNC, 0, 0, os.RWF_DSYNC]
+    assert flags == [os.RWF_DSYNC, 0, *flush, 0, *flush, os.RWF_DSYNC]
     assert read_plain(device, 0, BLOCK) == b"z" * BLOCK
