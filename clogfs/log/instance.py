@@ -42,6 +42,13 @@ with outcome values:
   SUSPENDED while no other instance of the uuid is resumed on this node (§2.3), or was the
   writer when DTR destroyed it (its final commit, R5). A never-resumed instance never writes.
 
+Cluster mode (``clogfs.cluster.replica``): the replica sets :attr:`LogInstance.cluster_writer`
+(this node is, or is not, the group's leader), which then alone decides, for a disk instance
+whose buffer is known (loaded, or installed from a checkpoint) and that has not failed. A joiner
+installs the group's state with :meth:`LogInstance.install`; :meth:`LogInstance.buffer_parts`
+gives the bytes outside the bitmap for the checkpoint. :attr:`LogInstance.copy_current` says
+whether the instance's own core-log bits may be kept at its next first-member RESUME.
+
 Core module: no trio, no sockets, no I/O, no clock.
 """
 
@@ -68,7 +75,13 @@ from clogfs.disklog.format import (
 from clogfs.errors import KernelProtocolError, LocalProtocolError
 from clogfs.log.bitmap import Bitmap
 from clogfs.log.ctr import CtrConfig, LogType, SyncMode, status_table
-from clogfs.log.regions import DEVICE_FAILED, DEVICE_FLUSH_FAILED, PendingChanges, RegionState
+from clogfs.log.regions import (
+    DEVICE_FAILED,
+    DEVICE_FLUSH_FAILED,
+    PendingChanges,
+    RegionState,
+    ReplicatedFields,
+)
 from clogfs.netlink.requests import RemoteRecovering, RequestType, ResyncWork, SetRegionSync
 from clogfs.snapshot import LogSnapshot
 
@@ -245,6 +258,12 @@ class LogInstance:
         self._tail = bytearray()
         self._next_write_id = 1
         self._in_flight: tuple[WriteLog, PendingChanges] | None = None
+        # cluster mode: True/False when the replica decides who writes (the leader); None in
+        # single-node mode
+        self.cluster_writer: bool | None = None
+        # False when this node left a group whose other members stayed: its own copy may be
+        # stale, so a later first-member RESUME of a core log starts from the CTR state (§2.2)
+        self.copy_current = True
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -267,6 +286,8 @@ class LogInstance:
         """Whether this instance may write its log device now (see the module docstring)."""
         if self.config.log_type is not LogType.DISK or not self._loaded:
             return False
+        if self.cluster_writer is not None:
+            return self.cluster_writer and self.lifecycle is not Lifecycle.FAILED
         if self.lifecycle in _RESUMED_STATES:
             return True
         if self.lifecycle is Lifecycle.SUSPENDED:
@@ -481,6 +502,44 @@ class LogInstance:
         self.loading = False
         self._transition(Event.RESUME)
         return AwaitCommit(Reply())
+
+    # -- cluster checkpoint (semantics.md §6.2) ----------------------------------------------
+
+    def buffer_parts(self) -> tuple[bytes, bytes]:
+        """The on-disk bytes outside the clean bitmap: (header and bytes 16-1023, tail).
+
+        Empty for a core log or a disk log whose buffer is not known yet.
+        """
+        return bytes(self._prefix), bytes(self._tail)
+
+    def install(self, fields: ReplicatedFields, prefix: bytes = b"", tail: bytes = b"") -> None:
+        """A joiner's RESUME: take the group's state instead of loading (semantics.md §2.2).
+
+        The device is never read. For a disk log ``prefix`` and ``tail`` (from
+        :meth:`buffer_parts` of the member that sent the state) become this instance's bytes
+        outside the bitmap; if they do not fit this node's geometry, zeros are used, and the
+        header is always a valid version-2 header for this log. The instance is RESUMED.
+
+        Raises:
+            IllegalTransitionError: the instance is resumed already, destroyed or failed.
+            ValueError: ``fields`` does not fit this log (nothing changed).
+        """
+        if self.resumed:
+            raise IllegalTransitionError("install() on a resumed instance")
+        next_lifecycle(self.lifecycle, Event.RESUME)  # check before acting
+        self.state.install_fields(fields)
+        if self.device is not None:
+            end = BITMAP_OFFSET + bitset_bytes(self.config.region_count)
+            tail_bytes = self.buffer_bytes - end
+            head = bytearray(prefix) if len(prefix) == BITMAP_OFFSET else bytearray(BITMAP_OFFSET)
+            head[: LOG_HEADER.size] = encode_header(
+                LogHeader(MIRROR_MAGIC, MIRROR_DISK_VERSION, self.config.region_count)
+            )
+            self._prefix = head
+            self._tail = bytearray(tail) if len(tail) == tail_bytes else bytearray(tail_bytes)
+            self._loaded = True
+        self.loading = False
+        self._transition(Event.RESUME)
 
     # -- writes (disk-format.md §4, §5) ------------------------------------------------------
 

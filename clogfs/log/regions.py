@@ -67,6 +67,38 @@ class PendingChanges:
         return self.whole or bool(self.byte_indices)
 
 
+@dataclass(frozen=True)
+class ReplicatedFields:
+    """Every replicated field of a log (semantics.md §1.1, §6.2), as plain values.
+
+    What a cluster checkpoint carries: the leader exports it, a joiner installs it. The
+    bitmaps are the ``bitset_bytes(region_count)`` bytes of :class:`Bitmap` (on-disk order).
+
+    Attributes:
+        clean: the clean bits.
+        sync: the sync bits.
+        sync_count: number of set sync bits (I1).
+        sync_search: the resync cursor.
+        recovering: (region, node) assigned for recovery, or None.
+        priority: the priority FIFO, front first.
+        marks: ``(region, nodes)`` pairs, regions ascending, nodes ascending and non-empty.
+        in_sync_sticky: the sticky in-sync flag.
+        halted: halted nodes, ascending.
+        device_state: ``A``, ``D`` or ``F``.
+    """
+
+    clean: bytes
+    sync: bytes
+    sync_count: int
+    sync_search: int
+    recovering: tuple[int, int] | None
+    priority: tuple[int, ...]
+    marks: tuple[tuple[int, tuple[int, ...]], ...]
+    in_sync_sticky: bool
+    halted: tuple[int, ...]
+    device_state: str
+
+
 class RegionState:
     """The replicated state of one log (semantics.md §1.1).
 
@@ -142,6 +174,11 @@ class RegionState:
         self._pending_bytes |= pending.byte_indices
         self._pending_whole = self._pending_whole or pending.whole
         self._pending_dirtied = self._pending_dirtied or pending.dirtied
+
+    def mark_all_pending(self) -> None:
+        """The whole buffer must be written, with a cache flush (a new writer: semantics §6.3)."""
+        self._pending_whole = True
+        self._pending_dirtied = True
 
     # -- device state ------------------------------------------------------------------------
 
@@ -349,3 +386,77 @@ class RegionState:
         self._pending_whole = True
         self._pending_dirtied = True
         self.reset()
+
+    # -- checkpoint (semantics.md §6.2) ------------------------------------------------------
+
+    def export_fields(self) -> ReplicatedFields:
+        """Every replicated field as plain values (a cluster checkpoint)."""
+        return ReplicatedFields(
+            clean=self.clean.to_bytes(),
+            sync=self.sync.to_bytes(),
+            sync_count=self.sync_count,
+            sync_search=self.sync_search,
+            recovering=self.recovering,
+            priority=tuple(self.priority),
+            marks=tuple(
+                (region, tuple(sorted(nodes))) for region, nodes in sorted(self.marks.items())
+            ),
+            in_sync_sticky=self.in_sync_sticky,
+            halted=tuple(sorted(self.halted)),
+            device_state=self.device_state,
+        )
+
+    def install_fields(self, fields: ReplicatedFields) -> None:
+        """Replace every replicated field by ``fields`` (a joiner, semantics.md §6.2).
+
+        Everything is checked first (I1-I4, I6, ranges); on error nothing changes. Pending
+        changes are dropped: a joiner does not write, and a joiner that later becomes the
+        writer writes the whole buffer (:meth:`mark_all_pending`). ``members`` is left alone.
+
+        Raises:
+            ValueError: ``fields`` is inconsistent or does not fit this log.
+        """
+        n = self.region_count
+        try:
+            clean = Bitmap.from_bytes(n, fields.clean)
+            sync = Bitmap.from_bytes(n, fields.sync)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint bitmaps do not fit {n} regions: {exc}") from None
+        if clean.to_bytes() != fields.clean or sync.to_bytes() != fields.sync:
+            raise ValueError("checkpoint bitmap has bits set beyond the region count (I6)")
+        clean_int = int.from_bytes(fields.clean, "little")
+        sync_int = int.from_bytes(fields.sync, "little")
+        if sync_int.bit_count() != fields.sync_count:
+            raise ValueError(f"checkpoint sync_count {fields.sync_count} is not exact (I1)")
+        if clean_int & ~sync_int:
+            raise ValueError("checkpoint has a region clean but out of sync (I2)")
+        if not 0 <= fields.sync_search <= n:
+            raise ValueError(f"checkpoint cursor {fields.sync_search} out of range")
+        for region, nodes in fields.marks:
+            if not 0 <= region < n or not nodes:
+                raise ValueError(f"checkpoint mark on region {region} by {nodes!r}")
+            if clean_int >> region & 1:
+                raise ValueError(f"checkpoint region {region} marked but clean (I3)")
+        if len({region for region, _ in fields.marks}) != len(fields.marks):
+            raise ValueError("checkpoint lists a marked region twice")
+        if fields.recovering is not None and not 0 <= fields.recovering[0] < n:
+            raise ValueError(f"checkpoint recovering region {fields.recovering[0]} out of range")
+        if any(not 0 <= r < n for r in fields.priority):
+            raise ValueError("checkpoint priority region out of range")
+        if len(set(fields.priority)) != len(fields.priority):
+            raise ValueError("checkpoint priority list has duplicates")
+        if fields.device_state not in _DEVICE_STATE_RANK:
+            raise ValueError(f"checkpoint device state {fields.device_state!r}")
+        self.clean = clean
+        self.sync = sync
+        self.sync_count = fields.sync_count
+        self.sync_search = fields.sync_search
+        self.recovering = fields.recovering
+        self.priority = dict.fromkeys(fields.priority)
+        self.marks = {region: set(nodes) for region, nodes in fields.marks}
+        self.in_sync_sticky = fields.in_sync_sticky
+        self.halted = set(fields.halted)
+        self.device_state = fields.device_state
+        self._pending_bytes = set()
+        self._pending_whole = False
+        self._pending_dirtied = False
