@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import stat
 import subprocess
@@ -22,8 +23,15 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clogfs.disklog.aio import IOCB_CMD_FDSYNC, IOCB_CMD_PWRITE, AioContext, Iocb
+from clogfs.disklog.aio import (
+    IOCB_CMD_FDSYNC,
+    IOCB_CMD_PWRITE,
+    AioContext,
+    AioUnavailable,
+    Iocb,
+)
 from clogfs.disklog.device import (
+    _AIO_MAX_RUNS,
     LogDevice,
     LogWriteError,
     _parse_major_minor,
@@ -762,3 +770,168 @@ async def test_failed_flush_of_a_dsync_write_is_a_flush_error(
         await dev.write([(0, b"z" * BLOCK)], cache_flush=True)
     assert flags == [os.RWF_DSYNC, 0, *flush, 0, *flush, os.RWF_DSYNC]
     assert read_plain(device, 0, BLOCK) == b"z" * BLOCK
+
+
+# ------------------------------------------------------------------ the AIO engine
+
+
+async def test_an_aio_capable_device_writes_through_the_engine(
+    image_file: Path, private_dir: Path, writer_path: str
+) -> None:
+    async with await open_device(image_file, private_dir) as dev:
+        await dev.write([(0, b"e" * BLOCK)], cache_flush=True)
+        assert (dev._engine is not None) is (writer_path == "aio")
+        assert (dev._hub is not None) is (writer_path == "thread")
+
+
+async def test_without_native_aio_the_writer_thread_does_everything(
+    image_file: Path,
+    private_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse(self: AioContext, nr_events: int) -> None:
+        raise AioUnavailable(errno.EAGAIN, "io_setup: resource temporarily unavailable")
+
+    monkeypatch.setattr(AioContext, "__init__", refuse)
+    caplog.set_level(logging.INFO, logger="clogfs.disklog.device")
+    async with await open_device(image_file, private_dir) as dev:
+        dev._native_aio = True
+        await dev.write([(0, b"t" * BLOCK)], cache_flush=True)
+        assert dev._engine is None
+        assert dev._hub is not None
+    assert read_plain(image_file, 0, BLOCK) == b"t" * BLOCK
+    assert any("native AIO unavailable" in r.getMessage() for r in caplog.records)
+
+
+class TinyRing:
+    """Make every ``AioContext`` take at most ``capacity`` requests in flight (EAGAIN)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self.refused = 0
+        real_submit, real_reap = AioContext.submit, AioContext.reap
+
+        def submit(ctx: AioContext, iocbs: list[Iocb]) -> int:
+            room = self.capacity - self.in_flight
+            if room <= 0:
+                self.refused += 1
+                return 0
+            taken = real_submit(ctx, iocbs[:room])
+            self.in_flight += taken
+            return taken
+
+        def reap(ctx: AioContext) -> list[tuple[int, int]]:
+            done = real_reap(ctx)
+            self.in_flight -= len(done)
+            return done
+
+        monkeypatch.setattr(AioContext, "submit", submit)
+        monkeypatch.setattr(AioContext, "reap", reap)
+
+
+async def test_a_full_ring_holds_requests_back_until_completions(
+    tmp_path: Path, private_dir: Path, monkeypatch: pytest.MonkeyPatch, writer_path: str
+) -> None:
+    if writer_path != "aio":
+        pytest.skip("AIO only")
+    ring = TinyRing(monkeypatch, capacity=2)
+    images = [tmp_path / f"ring{d}.img" for d in range(4)]
+    for image in images:
+        image.write_bytes(bytes(8 * BLOCK))
+    devices = [await open_device(image, private_dir) for image in images]
+
+    async def write(d: int, i: int) -> None:
+        block = bytes([d * 16 + i]) * BLOCK  # three runs per write
+        extents = [(0, block), (2 * BLOCK, block), (4 * BLOCK, block)]
+        await devices[d].write(extents, cache_flush=i % 2 == 1)
+
+    for i in range(6):
+        async with trio.open_nursery() as nursery:
+            for d in range(len(devices)):
+                nursery.start_soon(write, d, i)
+    for device in devices:
+        await device.aclose()
+    assert ring.refused > 0
+    for d, image in enumerate(images):
+        data = image.read_bytes()
+        for at in (0, 2 * BLOCK, 4 * BLOCK):
+            assert data[at : at + BLOCK] == bytes([d * 16 + 5]) * BLOCK
+
+
+async def test_a_write_of_very_many_runs_goes_to_the_writer_in_order(
+    tmp_path: Path, private_dir: Path, monkeypatch: pytest.MonkeyPatch, writer_path: str
+) -> None:
+    image = tmp_path / "runs.img"
+    image.write_bytes(bytes(200 * BLOCK))
+    aio = spy_on_aio(monkeypatch)
+    async with await open_device(image, private_dir) as dev:
+        threads = spy_on_writes(dev)
+        many = [(2 * i * BLOCK, b"m" * BLOCK) for i in range(_AIO_MAX_RUNS + 1)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(dev.write, [(0, b"a" * BLOCK)], cache_flush=True))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(functools.partial(dev.write, many, cache_flush=True))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(functools.partial(dev.write, [(0, b"z" * BLOCK)], cache_flush=True))
+    assert len(threads) == _AIO_MAX_RUNS + 1 + (2 if writer_path == "thread" else 0)
+    assert len(aio) == (3 if writer_path == "aio" else 0)  # 0 + FDSYNC first, then RWF_DSYNC
+    data = image.read_bytes()
+    assert data[:BLOCK] == b"z" * BLOCK
+    assert data[2 * BLOCK : 3 * BLOCK] == b"m" * BLOCK
+
+
+async def test_unsupported_rwf_dsync_turns_to_fdatasync(
+    image_file: Path,
+    private_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    writer_path: str,
+) -> None:
+    if writer_path != "aio":
+        pytest.skip("AIO only")
+    real = AioContext.submit
+
+    def submit(ctx: AioContext, iocbs: list[Iocb]) -> int:
+        if iocbs[0].aio_rw_flags & os.RWF_DSYNC:
+            raise OSError(errno.EOPNOTSUPP, "io_submit: Operation not supported")
+        return real(ctx, iocbs)
+
+    monkeypatch.setattr(AioContext, "submit", submit)
+    async with await open_device(image_file, private_dir) as dev:
+        await dev.write([(0, b"1" * BLOCK)], cache_flush=True)  # plain + FDSYNC
+        threads = spy_on_writes(dev)
+        await dev.write([(0, b"2" * BLOCK)], cache_flush=True)  # RWF_DSYNC refused
+        assert dev._dsync_writes is False
+        await dev.write([(0, b"3" * BLOCK)], cache_flush=True)  # now on the writer thread
+    assert threads == [0]
+    assert read_plain(image_file, 0, BLOCK) == b"3" * BLOCK
+
+
+def test_ops_unfinished_at_the_end_of_a_run_are_left_to_the_writer(
+    image_file: Path, private_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dev = LogDevice.open(str(image_file), private_dir=private_dir)
+    dev._native_aio = NATIVE_AIO[0]
+
+    async def abandon_writes() -> None:
+        for i in range(1, 9):
+            # Each waits for its write until the end of the run cancels it.
+            trio.lowlevel.spawn_system_task(
+                functools.partial(dev.write, [(i * BLOCK, bytes([i]) * BLOCK)], cache_flush=True)
+            )
+        await trio.testing.wait_all_tasks_blocked()  # every write submitted or queued
+
+    async def write_after() -> None:
+        await dev.write([(BLOCK, b"after" * (BLOCK // 5) + bytes(BLOCK % 5))], cache_flush=True)
+        await dev.aclose()
+
+    trio.run(abandon_writes)
+    trio.run(write_after)  # ordered after whatever the first run left to the writer
+    data = read_plain(image_file, 0, 9 * BLOCK)
+    assert data[BLOCK : BLOCK + 5] == b"after"
+    for i in range(2, 9):
+        assert data[i * BLOCK : (i + 1) * BLOCK] == bytes([i]) * BLOCK
+    assert dev._closing
+    left = [r for r in caplog.records if "unfinished at the end of the run" in r.getMessage()]
+    assert bool(left) is NATIVE_AIO[0]
