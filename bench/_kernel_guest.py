@@ -198,24 +198,52 @@ def start_daemon(log_path: Path, view: bool) -> tuple[Daemon, str]:
     return Daemon(log_path), "no-mount"
 
 
+def daemon_stats(uuid: str) -> dict[str, tuple[int, float | None]] | None:
+    """The log's ``stats`` file in clogfsd's view: request type → (count, p50 µs), or None.
+
+    None when the view is not mounted or has no such log. The counts are those of the live
+    instance since its CTR; the p50 is clogfsd's own time from arrival to reply.
+    """
+    try:
+        text = (VIEW / uuid / "stats").read_text()
+    except OSError:
+        return None
+    stats: dict[str, tuple[int, float | None]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 4 and not line.startswith("#"):
+            stats[words[0]] = (int(words[1]), None if words[2] == "-" else float(words[2]))
+    return stats
+
+
 def measure_mirror(
-    kind: str, table: str, round_: int, seconds: float, record: dict[str, Any]
+    kind: str, table: str, uuid: str, round_: int, seconds: float, record: dict[str, Any]
 ) -> list[Sample]:
-    """Create the mirror, time each block size, record status and health, remove it."""
+    """Create the mirror, time each block size, record what clogfsd and the kernel say, remove it.
+
+    Recorded: the status line and leg health, and for the userspace tables clogfsd's request
+    counts and latencies (when its view is mounted) against the writes made.
+    """
     create = sh("dmsetup", "create", MIRROR_NAME, "--table", table, timeout=60)
     if create.rc != 0:
         raise RuntimeError(f"dmsetup create ({kind}) failed: {create.stderr.strip()}")
     device = f"/dev/mapper/{MIRROR_NAME}"
     samples = []
     try:
-        timed_writes(device, BLOCK_SIZES[0], WARMUP_SECONDS)
+        total_writes, _ = timed_writes(device, BLOCK_SIZES[0], WARMUP_SECONDS)
         for block_bytes in BLOCK_SIZES:
             writes, elapsed = timed_writes(device, block_bytes, seconds)
+            total_writes += writes
             samples.append(Sample(kind, block_bytes, round_, writes, elapsed))
             say(
                 f"round {round_} {kind:<12} {block_bytes // 1024:>3} KiB: {writes:>6} writes "
                 f"in {elapsed:.2f} s = {writes / elapsed:8.1f}/s"
             )
+        if kind.startswith("clogfsd"):
+            stats = daemon_stats(uuid)
+            if stats is not None:
+                entry = {"writes": total_writes, "stats": stats}
+                record.setdefault("daemon_stats", {}).setdefault(kind, []).append(entry)
         status = mirror_status(MIRROR_NAME)
         record.setdefault("status", {})[kind] = status
         record.setdefault("health", {}).setdefault(kind, []).append(health(status))
@@ -252,15 +280,16 @@ def run(out: Path, *, rounds: int, seconds: float, view: bool) -> dict[str, Any]
         say(f"clogfsd ready after {daemon.ready_seconds} s ({record['daemon_mode']})")
         for round_ in range(rounds):
             for kind in KINDS:
+                uuid = f"BENCH-{kind.upper()}"
                 table = mirror_table(
                     kind,
                     legs=legs,
                     log_device=clogfsd_log if kind.startswith("clogfsd") else kernel_log,
-                    uuid=f"BENCH-{kind.upper()}",
+                    uuid=uuid,
                     region_sectors=REGION_SECTORS,
                 )
                 record.setdefault("tables", {})[kind] = table
-                samples = measure_mirror(kind, table, round_, seconds, record)
+                samples = measure_mirror(kind, table, uuid, round_, seconds, record)
                 record["samples"] += [asdict(s) for s in samples]
                 if not daemon.alive():
                     raise RuntimeError(f"clogfsd exited ({daemon.process.returncode})")
@@ -277,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point in the guest: measure, write ``OUTDIR/kernel-bench.json``; 1 on error."""
     parser = argparse.ArgumentParser(prog="python -m bench._kernel_guest")
     parser.add_argument("out", type=Path, help="the writable share")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--no-view", action="store_true")
     args = parser.parse_args(argv)
     try:

@@ -41,6 +41,7 @@ MIB = 1 << 20
 BOOT_SECONDS = 90.0  # boot, Python and clogfsd start, loop devices, final cmp; generous
 PER_MIRROR_SECONDS = 15.0  # create, warm-up, status, remove; generous under TCG
 RATIOS = (("clogfsd-core", "kernel-core"), ("clogfsd-disk", "kernel-disk"))
+PER_WRITE_TYPES = ("IN_SYNC", "MARK_REGION", "CLEAR_REGION", "FLUSH")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,14 @@ class Cell:
 
     mib_per_s: float
     writes_per_s: float
+    lowest_writes_per_s: float
+    highest_writes_per_s: float
     rounds: int
+
+    @property
+    def ms_per_write(self) -> float:
+        """Milliseconds per write at the median rate (one write in flight: its latency)."""
+        return 1e3 / self.writes_per_s
 
 
 def hard_timeout(rounds: int, seconds: float) -> float:
@@ -67,7 +75,9 @@ def medians(samples: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Cell]
     cells = {}
     for (kind, block_bytes), values in rates.items():
         rate = statistics.median(values)
-        cells[kind, block_bytes] = Cell(rate * block_bytes / MIB, rate, len(values))
+        cells[kind, block_bytes] = Cell(
+            rate * block_bytes / MIB, rate, min(values), max(values), len(values)
+        )
     return cells
 
 
@@ -90,12 +100,14 @@ def render(record: Mapping[str, Any]) -> str:
     cells = medians(record["samples"])
     lines = [
         f"dm-mirror O_DIRECT write throughput, Linux {record['kernel']} under QEMU TCG "
-        f"({record['cpus']} vCPUs): EMULATED-CPU FIGURES, noisy; compare the ratios",
-        f"nosync mirror of 2 x {record['leg_bytes'] // MIB} MiB legs (loop on tmpfs), "
+        f"({record['cpus']} vCPUs): EMULATED-CPU FIGURES, slow and noisy; compare the ratios",
+        f"nosync mirrors on the same 2 x {record['leg_bytes'] // MIB} MiB legs (loop on tmpfs), "
         f"regions of {record['region_sectors'] // 2} KiB; one writer, one write in flight, "
-        f"each in a fresh region; median of {record['rounds']} rounds x "
-        f"{record['seconds']:g} s; clogfsd run with {record['daemon_mode']}",
-        f"{'table':<14} {'block':>6} {'MiB/s':>9} {'writes/s':>10}",
+        "each in a fresh region",
+        f"median of {record['rounds']} rounds x {record['seconds']:g} s per row; clogfsd "
+        f"{'with its FUSE view mounted' if record['daemon_mode'] == 'view' else '--no-mount'}",
+        f"{'table':<14} {'block':>6} {'MiB/s':>9} {'writes/s':>10} {'ms/write':>9}"
+        f"  {'writes/s range':>17}",
     ]
     for kind in KINDS:
         for block_bytes in BLOCK_SIZES:
@@ -103,17 +115,48 @@ def render(record: Mapping[str, Any]) -> str:
             if cell is None:
                 lines.append(f"{kind:<14} {block_bytes // 1024:>4} K {'-':>9} {'-':>10}")
                 continue
+            spread = f"{cell.lowest_writes_per_s:.1f}-{cell.highest_writes_per_s:.1f}"
             lines.append(
                 f"{kind:<14} {block_bytes // 1024:>4} K {cell.mib_per_s:>9.2f} "
-                f"{cell.writes_per_s:>10.1f}"
+                f"{cell.writes_per_s:>10.1f} {cell.ms_per_write:>9.2f}  {spread:>17}"
             )
     for mine, theirs in RATIOS:
         for block_bytes in BLOCK_SIZES:
             a, b = cells.get((mine, block_bytes)), cells.get((theirs, block_bytes))
-            ratio = f"{a.writes_per_s / b.writes_per_s:.3f}" if a and b else "-"
-            lines.append(f"ratio {mine} / {theirs} at {block_bytes // 1024:>2} KiB: {ratio}")
+            if a is None or b is None:
+                lines.append(f"ratio {mine} / {theirs} at {block_bytes // 1024:>2} KiB: -")
+                continue
+            lines.append(
+                f"ratio {mine} / {theirs} at {block_bytes // 1024:>2} KiB: "
+                f"{a.writes_per_s / b.writes_per_s:.3f} "
+                f"(+{a.ms_per_write - b.ms_per_write:.2f} ms per write)"
+            )
+    lines += daemon_lines(record)
     lines += [f"PROBLEM: {p}" for p in problems(record)]
     return "\n".join(lines)
+
+
+def daemon_lines(record: Mapping[str, Any]) -> list[str]:
+    """Per userspace table: requests per write by type and clogfsd's own p50 for each.
+
+    Counts are summed over the rounds (warm-up writes included, the few CTR-time requests
+    excluded by type); the p50s are the last round's. Their sum over a write says how much of
+    the added time is clogfsd's handling; the rest is the kernel, the connector and scheduling.
+    """
+    lines = []
+    for kind, entries in sorted(record.get("daemon_stats", {}).items()):
+        writes = sum(int(e["writes"]) for e in entries)
+        last = entries[-1]["stats"]
+        parts, handling_us = [], 0.0
+        for name in PER_WRITE_TYPES:
+            count = sum(int(e["stats"].get(name, (0, None))[0]) for e in entries)
+            p50 = last.get(name, (0, None))[1]
+            per_write = count / writes if writes else 0.0
+            handling_us += per_write * (p50 or 0.0)
+            parts.append(f"{name} {per_write:.2f} (p50 {'-' if p50 is None else f'{p50:.0f}'} us)")
+        lines.append(f"{kind} requests per write: {', '.join(parts)}")
+        lines.append(f"{kind} clogfsd handling per write: {handling_us / 1e3:.2f} ms at the p50s")
+    return lines
 
 
 def _stream(path: Path, stop: threading.Event) -> None:
@@ -168,8 +211,8 @@ def run_boot(rounds: int, seconds: float, view: bool, share: Path) -> tuple[dict
 def main(argv: Sequence[str] | None = None) -> int:
     """Boot, measure, print the table; 0 when QEMU is missing (nothing to measure), 1 on failure."""
     parser = argparse.ArgumentParser(prog="python -m bench.kernel", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per table and size")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements per table and size")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--no-view", action="store_true", help="run clogfsd with --no-mount")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
