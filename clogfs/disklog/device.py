@@ -114,6 +114,8 @@ _BLKGETSIZE64_ARG = struct.Struct("=Q")
 
 OPEN_FLAGS = os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC  # never O_EXCL (disk-format.md §4)
 _PAGE_SIZE = mmap.PAGESIZE
+#: I/O buffers larger than this are unmapped after their job (see ``LogDevice._trim_buffer``)
+RETAINED_BUFFER_BYTES = 64 * 1024
 _MAX_MAJOR = (1 << 12) - 1  # include/linux/kdev_t.h: MINORBITS 20 in a 32-bit dev_t
 _MAX_MINOR = (1 << 20) - 1
 
@@ -824,6 +826,9 @@ class _AioEngine:
         op.done = True
         op.iocbs = []
         device = op.device
+        aio_buffer = device._aio_buffer
+        if aio_buffer is not None and len(aio_buffer.map) > RETAINED_BUFFER_BYTES:
+            device._release_aio_buffer()  # the kernel is done with it: the op was reaped
         device._busy = False
         if op.waiting:
             op.waiting = False
@@ -1371,12 +1376,15 @@ class LogDevice:
             job = self._queue.get()
             stop = job.stop
             job.result = result = outcome.capture(self._release if stop else job.run)
+            if not stop:
+                self._trim_buffer()
             self._served += 1
             # From here on the job belongs to the trio thread.
             if not job.hub.post(job) and isinstance(result, outcome.Error):
                 _log_dropped(job, result.error)  # the run is over: nobody is waiting
             if stop:
                 return
+            del job, result  # a finished job's result (a load's whole buffer) must not linger
 
     def _release(self) -> None:
         """Close the descriptor and the buffer, remove a private node (blocking)."""
@@ -1389,6 +1397,16 @@ class LogDevice:
             if self._private_node is not None:
                 self._private_node.unlink(missing_ok=True)
         log.debug("closed log device %s", self.info.name)
+
+    def _trim_buffer(self) -> None:
+        """Drop the writer's buffer after a large job (a load's whole-buffer read or write).
+
+        Everyday writes touch a block or two, so a buffer above ``RETAINED_BUFFER_BYTES``
+        would only hold a second copy of a large log's bitmap resident for nothing.
+        """
+        if self._buffer is not None and len(self._buffer) > RETAINED_BUFFER_BYTES:
+            self._buffer.close()
+            self._buffer = None
 
     def _buffer_for(self, nbytes: int) -> mmap.mmap:
         """The writer's page-aligned buffer, grown to at least ``nbytes``."""
