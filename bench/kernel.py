@@ -9,9 +9,11 @@ one Python writer issues O_DIRECT ``pwrite`` calls of 4 KiB and of 64 KiB, one a
 for a fixed time, every write in a different region from the one before, so each write
 pays the kernel's mark → flush → clear → flush cycle (six daemon round trips for a
 userspace log, kernel-vm.md). Printed: the median over the rounds of MiB/s and writes/s per
-table and block size, and the ratios clogfsd-core / kernel-core and clogfsd-disk /
-kernel-disk. The figures are from an emulated CPU: absolute numbers say little about real
-hardware, the ratios more; both are noisy on a shared host.
+table and block size with their spread, the ratios clogfsd-core / kernel-core and
+clogfsd-disk / kernel-disk (of the medians, and paired round by round) with the time clogfsd
+adds per write, and, when clogfsd's view is mounted, its requests per write by type with its
+own p50 handling time for each. The figures are from an emulated CPU: absolute numbers say
+little about real hardware, the ratios more; both are noisy on a shared host.
 
 Run: ``python -m bench.kernel [--rounds N] [--seconds S] [--no-view]``; needs
 ``qemu-system-x86`` and ``busybox-static`` (and network access the first time, to fetch the
@@ -81,6 +83,26 @@ def medians(samples: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Cell]
     return cells
 
 
+def paired_ratio(
+    samples: Sequence[Mapping[str, Any]], mine: str, theirs: str, block_bytes: int
+) -> float | None:
+    """Median over the rounds of ``mine``'s writes/s over ``theirs``' in the same round.
+
+    Both ran seconds apart in each round, so a busy spell on the host that slows a whole
+    round cancels out better than in the ratio of the medians. None without a common round.
+    """
+    rates: dict[tuple[str, int], float] = {}
+    for s in samples:
+        if int(s["block_bytes"]) == block_bytes and s["kind"] in (mine, theirs):
+            rates[str(s["kind"]), int(s["round"])] = int(s["writes"]) / float(s["seconds"])
+    ratios = [
+        rate / rates[theirs, round_]
+        for (kind, round_), rate in rates.items()
+        if kind == mine and (theirs, round_) in rates
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 def problems(record: Mapping[str, Any]) -> list[str]:
     """What went wrong in the guest beyond the figures: unhealthy legs, failed removes, cmp."""
     found = []
@@ -123,13 +145,14 @@ def render(record: Mapping[str, Any]) -> str:
     for mine, theirs in RATIOS:
         for block_bytes in BLOCK_SIZES:
             a, b = cells.get((mine, block_bytes)), cells.get((theirs, block_bytes))
-            if a is None or b is None:
+            paired = paired_ratio(record["samples"], mine, theirs, block_bytes)
+            if a is None or b is None or paired is None:
                 lines.append(f"ratio {mine} / {theirs} at {block_bytes // 1024:>2} KiB: -")
                 continue
             lines.append(
                 f"ratio {mine} / {theirs} at {block_bytes // 1024:>2} KiB: "
-                f"{a.writes_per_s / b.writes_per_s:.3f} "
-                f"(+{a.ms_per_write - b.ms_per_write:.2f} ms per write)"
+                f"{a.writes_per_s / b.writes_per_s:.3f} of the medians, {paired:.3f} "
+                f"paired by round; +{a.ms_per_write - b.ms_per_write:.2f} ms per write"
             )
     lines += daemon_lines(record)
     lines += [f"PROBLEM: {p}" for p in problems(record)]
