@@ -20,6 +20,10 @@ CORE_FILES = (
     "clogfs/disklog/format.py",
     "clogfs/snapshot.py",
     "clogfs/errors.py",
+    "clogfs/cluster/group.py",
+    "clogfs/cluster/messages.py",
+    "clogfs/cluster/replica.py",
+    "clogfs/fsck/problems.py",
 )
 FORBIDDEN = {
     "trio",
