@@ -38,7 +38,7 @@ SEQUENCE = (
     (RequestType.FLUSH, False),
 )
 
-ECHO_SERVER = r'''
+ECHO_SERVER = r"""
 import socket, struct, sys
 from clogfs.netlink.wire import (CN_IDX_DM, NETLINK_ADD_MEMBERSHIP, NETLINK_CONNECTOR, SOL_NETLINK,
     ConnectorMessage, classify, decode_request, encode_reply, split_datagram)
@@ -61,7 +61,7 @@ while True:
         header, _payload = decode_request(m.payload, proto)
         size = SIZES.get(header.request_type & 0xFF, 0)
         s.sendto(encode_reply(header, error=0, data=bytes(size)), (kernel_port, 0))
-'''
+"""
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -117,8 +117,11 @@ async def _measure(kind: str, n_logs: int, seconds: float) -> tuple[float, float
     async with open_kernel_emulator(Protocol.ULOG) as emu:
         with tempfile.TemporaryDirectory() as tmp:
             if kind == "echo":
-                proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(emu.port_id)],
-                                        stdout=subprocess.PIPE, text=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", ECHO_SERVER, str(emu.port_id)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 assert proc.stdout is not None
                 proc.stdout.readline()
             else:
@@ -127,9 +130,22 @@ async def _measure(kind: str, n_logs: int, seconds: float) -> tuple[float, float
                 sock.bind(str(notify))
                 env = dict(os.environ, NOTIFY_SOCKET=str(notify))
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "clogfs.cli", "--kernel-port", str(emu.port_id),
-                     "--no-mount", "--lock-file", f"{tmp}/lock", "--runtime-dir", f"{tmp}/run",
-                     "--log-level", "WARNING"], env=env)
+                    [
+                        sys.executable,
+                        "-m",
+                        "clogfs.cli",
+                        "--kernel-port",
+                        str(emu.port_id),
+                        "--no-mount",
+                        "--lock-file",
+                        f"{tmp}/lock",
+                        "--runtime-dir",
+                        f"{tmp}/run",
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    env=env,
+                )
                 sock.settimeout(15)
                 sock.recv(100)
                 sock.close()

@@ -586,8 +586,11 @@ class LogInstance:
         if lo < BITMAP_OFFSET:
             parts.append(bytes(self._prefix[lo : min(hi, BITMAP_OFFSET)]))
         if max(lo, BITMAP_OFFSET) < min(hi, end):
-            parts.append(bitmap.byte_slice(max(lo, BITMAP_OFFSET) - BITMAP_OFFSET,
-                                           min(hi, end) - BITMAP_OFFSET))
+            parts.append(
+                bitmap.byte_slice(
+                    max(lo, BITMAP_OFFSET) - BITMAP_OFFSET, min(hi, end) - BITMAP_OFFSET
+                )
+            )
         if hi > end:
             parts.append(bytes(self._tail[max(lo, end) - end : hi - end]))
         return b"".join(parts)

@@ -121,8 +121,9 @@ async def open_connector_socket(kernel_port: int = KERNEL_PORT) -> AsyncIterator
     Raises:
         OSError: socket, bind or membership failed (not root, no connector).
     """
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                         NETLINK_CONNECTOR)
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR
+    )
     try:
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
@@ -166,16 +167,21 @@ async def serve_endpoint(
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     counters.overflows += 1
-                    log.warning("netlink socket overflowed: requests were lost; the kernel "
-                                "resends them after 15 s")
+                    log.warning(
+                        "netlink socket overflowed: requests were lost; the kernel "
+                        "resends them after 15 s"
+                    )
                     continue
                 raise
             counters.datagrams += 1
             if port != conn.kernel_port:
                 counters.foreign_sender += 1
                 if counters.foreign_sender % 1000 == 1:
-                    log.debug("dropped datagram from netlink port %d (expecting %d)",
-                              port, conn.kernel_port)
+                    log.debug(
+                        "dropped datagram from netlink port %d (expecting %d)",
+                        port,
+                        conn.kernel_port,
+                    )
                 continue
             arrived = clock()
             for item in split_datagram(data):

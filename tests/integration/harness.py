@@ -78,11 +78,18 @@ class Rig:
 
 
 @asynccontextmanager
-async def open_rig(tmp_path: Path, protocol: Protocol = Protocol.ULOG, *,
-                   args: Sequence[str] = (), mount: Path | None = None) -> AsyncIterator[Rig]:
+async def open_rig(
+    tmp_path: Path,
+    protocol: Protocol = Protocol.ULOG,
+    *,
+    args: Sequence[str] = (),
+    mount: Path | None = None,
+) -> AsyncIterator[Rig]:
     """An emulator, then a clogfsd accepting requests only from it."""
-    async with open_kernel_emulator(protocol) as emu, \
-            run_clogfsd(tmp_path, kernel_port=emu.port_id, args=args, mount=mount) as daemon:
+    async with (
+        open_kernel_emulator(protocol) as emu,
+        run_clogfsd(tmp_path, kernel_port=emu.port_id, args=args, mount=mount) as daemon,
+    ):
         yield Rig(emu, daemon, tmp_path)
 
 
@@ -103,15 +110,22 @@ async def run_clogfsd(
     notify.bind(str(notify_path))
     notify.setblocking(False)
     stderr_path = tmp_path / "clogfsd.stderr"
-    argv = [*CLOGFSD, "--kernel-port", str(kernel_port),
-            "--lock-file", str(tmp_path / "clogfsd.lock"),
-            "--runtime-dir", str(tmp_path / "run")]
+    argv = [
+        *CLOGFSD,
+        "--kernel-port",
+        str(kernel_port),
+        "--lock-file",
+        str(tmp_path / "clogfsd.lock"),
+        "--runtime-dir",
+        str(tmp_path / "run"),
+    ]
     argv += ["--mount", str(mount)] if mount is not None else ["--no-mount"]
     argv += list(args)
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
     with open(stderr_path, "wb") as err:
-        process = await trio.lowlevel.open_process(argv, stdin=None, stdout=err, stderr=err,
-                                                  env=env)
+        process = await trio.lowlevel.open_process(
+            argv, stdin=None, stdout=err, stderr=err, env=env
+        )
     daemon = Daemon(process, stderr_path, notify)
     try:
         with trio.fail_after(ready_timeout):
@@ -121,8 +135,10 @@ async def run_clogfsd(
                     if b"READY=1" in notify.recv(4096).split(b"\n"):
                         break
                 if process.poll() is not None:
-                    raise RuntimeError(f"clogfsd exited with {process.returncode} before READY=1:"
-                                       f"\n{daemon.stderr()}")
+                    raise RuntimeError(
+                        f"clogfsd exited with {process.returncode} before READY=1:"
+                        f"\n{daemon.stderr()}"
+                    )
         yield daemon
     finally:
         if process.returncode is None:

@@ -32,8 +32,15 @@ async def test_short_datagram_dropped(rig: Rig) -> None:
 
 
 async def test_truncated_connector_payload_gets_bare_ack(rig: Rig) -> None:
-    good = encode_request(rig.emu.protocol, seq=4242, request_type=T.IN_SYNC, uuid=b"X",
-                          luid=1, data=u64(0), cn_seq=4242)
+    good = encode_request(
+        rig.emu.protocol,
+        seq=4242,
+        request_type=T.IN_SYNC,
+        uuid=b"X",
+        luid=1,
+        data=u64(0),
+        cn_seq=4242,
+    )
     # claim a longer cn_msg.len than the datagram carries
     bad = bytearray(good)
     struct.pack_into("=H", bad, 32, len(good))
@@ -76,8 +83,18 @@ async def test_unknown_request_type(rig: Rig) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    ["1000 nosync", "1 nosync", "0x400 nosync", "-1024", "1024 nosync nosync", "1024 sync nosync",
-     "1024 bogus", "262144 nosync", "99999999999 nosync", "1024  nosync"],
+    [
+        "1000 nosync",
+        "1 nosync",
+        "0x400 nosync",
+        "-1024",
+        "1024 nosync nosync",
+        "1024 sync nosync",
+        "1024 bogus",
+        "262144 nosync",
+        "99999999999 nosync",
+        "1024  nosync",
+    ],
 )
 async def test_bad_ctr_arguments(rig: Rig, args: str) -> None:
     reply = await rig.emu.request(T.CTR, b"BAD-CTR", luid=1, data=ctr_text(rig, b"BAD-CTR", args))
@@ -123,8 +140,9 @@ async def test_unknown_log(rig: Rig) -> None:
 @pytest.mark.mainline_only("take 5 keys instances by CTR order, not luid")
 async def test_same_key_different_ctr_string(rig: Rig) -> None:
     await create(rig, b"EXIST-1")
-    reply = await rig.emu.request(T.CTR, b"EXIST-1", luid=1,
-                                  data=ctr_text(rig, b"EXIST-1", "2048 nosync"))
+    reply = await rig.emu.request(
+        T.CTR, b"EXIST-1", luid=1, data=ctr_text(rig, b"EXIST-1", "2048 nosync")
+    )
     assert reply.error == -errno.EEXIST
     reply = await rig.emu.request(T.GET_REGION_SIZE, b"EXIST-1", luid=1)
     assert reply.data == u64(1024)

@@ -24,9 +24,18 @@ async def test_second_instance_refused(tmp_path: Path) -> None:
     async with open_rig(tmp_path) as rig:
         emu = rig.emu
         result = subprocess.run(
-            [*CLOGFSD, "--kernel-port", str(emu.port_id), "--no-mount",
-             "--lock-file", str(tmp_path / "clogfsd.lock")],
-            capture_output=True, text=True, timeout=20)
+            [
+                *CLOGFSD,
+                "--kernel-port",
+                str(emu.port_id),
+                "--no-mount",
+                "--lock-file",
+                str(tmp_path / "clogfsd.lock"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         assert result.returncode == ExitCode.LOCKED
         assert "holds" in result.stderr
 
@@ -35,8 +44,9 @@ async def test_second_instance_refused(tmp_path: Path) -> None:
 async def test_sigterm_refused_while_logs_live_then_exits(tmp_path: Path) -> None:
     async with open_rig(tmp_path) as rig:
         emu, daemon = rig.emu, rig.daemon
-        reply = await emu.request(T.CTR, b"SIG-1", luid=5,
-                                  data=b"131072 clustered-core 1024 nosync")
+        reply = await emu.request(
+            T.CTR, b"SIG-1", luid=5, data=b"131072 clustered-core 1024 nosync"
+        )
         assert reply.error == 0
         daemon.signal(signal.SIGTERM)
         await daemon.wait_for_log("SIGTERM refused")
@@ -61,8 +71,9 @@ async def test_sigint_exits_when_idle(tmp_path: Path) -> None:
 async def test_sigusr1_dumps_state(tmp_path: Path) -> None:
     async with open_rig(tmp_path) as rig:
         emu, daemon = rig.emu, rig.daemon
-        reply = await emu.request(T.CTR, b"DUMP-ME-1", luid=5,
-                                  data=b"131072 clustered-core 1024 nosync")
+        reply = await emu.request(
+            T.CTR, b"DUMP-ME-1", luid=5, data=b"131072 clustered-core 1024 nosync"
+        )
         assert reply.error == 0
         daemon.signal(signal.SIGUSR1)
         text = await daemon.wait_for_log("endpoint:")
@@ -74,23 +85,28 @@ async def test_sigusr1_dumps_state(tmp_path: Path) -> None:
 async def test_log_lines_carry_uuid_prefix(tmp_path: Path) -> None:
     async with open_rig(tmp_path) as rig:
         emu, daemon = rig.emu, rig.daemon
-        await emu.request(T.CTR, b"PREFIX-ABCDEFGH", luid=5,
-                          data=b"131072 clustered-core 1000 nosync")
+        await emu.request(
+            T.CTR, b"PREFIX-ABCDEFGH", luid=5, data=b"131072 clustered-core 1000 nosync"
+        )
         text = await daemon.wait_for_log("invalid region size")
         line = next(x for x in text.splitlines() if "invalid region size" in x)
         assert "[ABCDEFGH]" in line
 
 
 def test_usage_error_exit_code() -> None:
-    result = subprocess.run([*CLOGFSD, "--protocol", "nonsense"], capture_output=True,
-                            text=True, timeout=20)
+    result = subprocess.run(
+        [*CLOGFSD, "--protocol", "nonsense"], capture_output=True, text=True, timeout=20
+    )
     assert result.returncode == ExitCode.USAGE
 
 
 def test_cluster_mode_reports_unavailable(tmp_path: Path) -> None:
-    result = subprocess.run([*CLOGFSD, "--cluster", "corosync", "--no-mount",
-                             "--lock-file", str(tmp_path / "l")],
-                            capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        [*CLOGFSD, "--cluster", "corosync", "--no-mount", "--lock-file", str(tmp_path / "l")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert result.returncode == ExitCode.CLUSTER
     assert "not available" in result.stderr
 
@@ -115,14 +131,18 @@ def test_man_page_lists_every_option_and_exit_code() -> None:
 def test_man_page_lints() -> None:
     if shutil.which("groff") is None:
         pytest.skip("groff is not installed")
-    result = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man" / "clogfsd.8")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["groff", "-man", "-ww", "-z", str(ROOT / "man" / "clogfsd.8")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0
     assert result.stderr == ""
 
 
 def test_help_runs_without_root() -> None:
-    result = subprocess.run([sys.executable, "-m", "clogfs.cli", "--help"], capture_output=True,
-                            text=True, timeout=20)
+    result = subprocess.run(
+        [sys.executable, "-m", "clogfs.cli", "--help"], capture_output=True, text=True, timeout=20
+    )
     assert result.returncode == 0
     assert "--kernel-port" in result.stdout

@@ -69,8 +69,9 @@ async def test_take5_reload_routes_by_lifecycle(tmp_path: Path) -> None:
 @pytest.mark.mainline_only("covered by test_take5_reload_routes_by_lifecycle")
 async def test_ulog_reload_two_instances(rig: Rig) -> None:
     await create(rig, b"RELOAD-1", luid=1, args="1024")
-    reply = await rig.emu.request(T.CTR, b"RELOAD-1", luid=2,
-                                  data=ctr_text(rig, b"RELOAD-1", "1024 nosync"))
+    reply = await rig.emu.request(
+        T.CTR, b"RELOAD-1", luid=2, data=ctr_text(rig, b"RELOAD-1", "1024 nosync")
+    )
     assert reply.error == 0
     # RESUME of the new instance while the old is live is refused
     assert (await rig.emu.request(T.RESUME, b"RELOAD-1", luid=2)).error == -errno.EBUSY

@@ -160,8 +160,9 @@ async def test_many_requests_in_flight(rig: Rig) -> None:
 
     async def hammer(i: int) -> None:
         for r in range(20):
-            reply = await rig.emu.request(T.MARK_REGION, f"PAR-{i}".encode(), luid=100 + i,
-                                          data=u64(r))
+            reply = await rig.emu.request(
+                T.MARK_REGION, f"PAR-{i}".encode(), luid=100 + i, data=u64(r)
+            )
             results.append(reply.error)
             reply = await rig.emu.request(T.FLUSH, f"PAR-{i}".encode(), luid=100 + i)
             results.append(reply.error)

@@ -110,10 +110,10 @@ async def test_recovering_and_out_of_sync_during_resync(viewrig: tuple[Rig, Path
     idat = b""
     pos = 8
     while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos:pos + 4])
-        kind = png[pos + 4:pos + 8]
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        kind = png[pos + 4 : pos + 8]
         if kind == b"IDAT":
-            idat += png[pos + 8:pos + 8 + length]
+            idat += png[pos + 8 : pos + 8 + length]
         pos += 12 + length
     assert zlib.decompress(idat)
 
@@ -153,8 +153,11 @@ async def test_protocol_and_metrics(viewrig: tuple[Rig, Path]) -> None:
     assert read(view / "protocol").strip() == "ulog-v3"
     families = {f.name: f for f in text_string_to_metric_families(read(view / "metrics"))}
     requests = families["clogfs_requests"]
-    in_sync = [s for s in requests.samples
-               if s.labels.get("type") == "IN_SYNC" and s.name.endswith("_total")]
+    in_sync = [
+        s
+        for s in requests.samples
+        if s.labels.get("type") == "IN_SYNC" and s.name.endswith("_total")
+    ]
     assert in_sync
     assert sum(s.value for s in in_sync) >= 1
 
@@ -168,8 +171,7 @@ async def test_mount_gone_after_exit(tmp_path: Path) -> None:
     assert not os.path.ismount(mount)
 
 
-async def test_protocol_keeps_answering_while_view_reader_loops(
-        viewrig: tuple[Rig, Path]) -> None:
+async def test_protocol_keeps_answering_while_view_reader_loops(viewrig: tuple[Rig, Path]) -> None:
     rig, view = viewrig
     await rig.emu.request(T.CTR, b"VIEW-7", luid=1, data=b"17179869184 clustered-core 1024")
     await rig.emu.request(T.RESUME, b"VIEW-7", luid=1)
@@ -193,6 +195,7 @@ async def test_protocol_keeps_answering_while_view_reader_loops(
             assert reply.error == 0
             worst = max(worst, trio.current_time() - t0)
         stop.set()
-    print(f"worst IN_SYNC latency while a reader loops over a 2**24-region log: "
-          f"{worst * 1e3:.1f} ms")
+    print(
+        f"worst IN_SYNC latency while a reader loops over a 2**24-region log: {worst * 1e3:.1f} ms"
+    )
     assert worst < 1.0
