@@ -45,6 +45,7 @@ from clogfs.vm.guest import (
 MIB = 1 << 20
 REGION_SECTORS = 1024  # 512 KiB regions
 REGION_BYTES = REGION_SECTORS * 512
+SYNC_REGION_SECTORS = 128  # default_sync: 64 KiB regions, 1024 of them on 64 MiB
 VIEW = Path("/run/clogfs")
 Result = dict[str, Any]
 
@@ -209,26 +210,32 @@ def default_sync(ctx: Context) -> Result:
     """A default-sync mirror resyncs fully; a write ahead of the resync waits and lands."""
     ctx.ensure_daemon()
     size = 64 * MIB
+    # Small regions (1024 of them) make the resync take many seconds under TCG, so the write
+    # to the last region is certain to happen while the resync is still far from it.
+    region_sectors = SYNC_REGION_SECTORS
+    region_bytes = region_sectors * 512
     r: Result = {}
-    src = pattern(ctx.work / "sync.pattern", REGION_BYTES)
+    src = pattern(ctx.work / "sync.pattern", region_bytes)
     with loops(ctx, "sync", [size, size]) as (a, b):
         sh("dd", "if=/dev/urandom", f"of={a}", "bs=1M", f"count={size // MIB}", "status=none",
            check=True, timeout=120)  # fmt: skip
-        table = userspace_table(sectors=size // 512, uuid="KVT-SYNC", legs=[a, b])
+        table = userspace_table(
+            sectors=size // 512, uuid="KVT-SYNC", legs=[a, b], region_size_sectors=region_sectors
+        )
         with mirror("kvt-sync", table, r) as dev:
             r["status_at_start"] = mirror_status("kvt-sync")
-            last = size // REGION_BYTES - 1  # resync runs upwards: the last region is last
-            r["late_write"] = dd_write(dev, src=str(src), bs=REGION_BYTES, count=1, seek=last)
+            last = size // region_bytes - 1  # resync runs upwards: the last region is last
+            r["late_write"] = dd_write(dev, src=str(src), bs=region_bytes, count=1, seek=last)
             # Before the resync reaches it, the secondary already holds the write only if the
             # write waited for that region's recovery (else it went to the primary alone).
             r["late_write_on_secondary_at_once"] = (
-                read_bytes(b, last * REGION_BYTES, REGION_BYTES) == src.read_bytes()
+                read_bytes(b, last * region_bytes, region_bytes) == src.read_bytes()
             )
             r["status_after_write"] = mirror_status("kvt-sync")
             r["view"] = view_files("KVT-SYNC")
             r["in_sync_reached"] = wait_until(
                 lambda: (
-                    (sync_counts(mirror_status("kvt-sync")) or (0, 1))[0] == size // REGION_BYTES
+                    (sync_counts(mirror_status("kvt-sync")) or (0, 1))[0] == size // region_bytes
                 ),
                 timeout=120,
                 interval=0.5,
@@ -236,7 +243,7 @@ def default_sync(ctx: Context) -> Result:
             r["status_final"] = mirror_status("kvt-sync")
         r["cmp"] = cmp_legs(a, b, size)
         r["late_write_on_both_legs"] = [
-            read_bytes(leg, last * REGION_BYTES, REGION_BYTES) == src.read_bytes() for leg in (a, b)
+            read_bytes(leg, last * region_bytes, region_bytes) == src.read_bytes() for leg in (a, b)
         ]
     return r
 

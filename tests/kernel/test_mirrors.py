@@ -74,14 +74,14 @@ def test_core_nosync_legs_are_equal(main_boot: Boot) -> None:
 def test_default_sync_starts_out_of_sync(main_boot: Boot) -> None:
     counts = sync_counts(main_boot.scenario("default_sync")["status_at_start"])
     assert counts is not None
-    assert counts[0] < counts[1] == 128
+    assert counts[0] < counts[1] == 1024
 
 
 @pytest.mark.kernel_scenario("default_sync")
 def test_default_sync_reaches_in_sync(main_boot: Boot) -> None:
     result = main_boot.scenario("default_sync")
     assert result["in_sync_reached"]
-    assert result["status_final"].endswith(" 128/128 1 AA 1 clustered-core")
+    assert result["status_final"].endswith(" 1024/1024 1 AA 1 clustered-core")
 
 
 @pytest.mark.kernel_scenario("default_sync")
