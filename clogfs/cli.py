@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mount-allow-other", action="store_true",
                    help="let users other than root read the view (FUSE allow_other)")
     p.add_argument("--cluster", choices=("none", "corosync"), default="none",
-                   help="none: a single host (default); corosync: share logs through CPG")
+                   help="none: a single host (default); corosync: share logs with the other "
+                   "hosts through corosync CPG (corosync must be running)")
+    p.add_argument("--no-quorum", action="store_true",
+                   help="cluster mode: confirm FLUSH even while this node is not quorate")
     p.add_argument("--lock-file", type=Path, default=Path("/run/clogfsd.lock"), metavar="PATH",
                    help="single-instance lock (default /run/clogfsd.lock)")
     p.add_argument("--runtime-dir", type=Path, default=Path("/run/clogfsd"), metavar="DIR",
@@ -104,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mount=None if args.no_mount else args.mount,
         mount_allow_other=args.mount_allow_other,
         cluster=args.cluster,
+        enforce_quorum=not args.no_quorum,
         lock_file=args.lock_file,
         runtime_dir=args.runtime_dir,
         debug=tuple(args.debug),

@@ -2,7 +2,10 @@
 
 Start order: the single-instance lock, the netlink connector socket (bound and joined), the
 check that no other listener is joined to the connector group, the request service, the
-FUSE view (unless ``--no-mount``), then systemd's ``READY=1``. Each resource's teardown is
+FUSE view (unless ``--no-mount``), then systemd's ``READY=1``. With ``--cluster corosync`` the
+daemon first joins corosync's ``clogfsd`` presence group (which gives this node's id; corosync
+not running is ``ExitCode.CLUSTER``), and starts the quorum tracker (unless ``--no-quorum``)
+before serving; ``clogfs.cluster`` (and cffi) is imported only then. Each resource's teardown is
 registered right after it is made. Stopping is cancelling the root scope: SIGTERM/SIGINT do
 that only while no log is live (like cmirrord; exiting would leave the kernel waiting).
 """
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -65,6 +69,7 @@ class DaemonConfig:
     mount: Path | None = Path("/run/clogfs")
     mount_allow_other: bool = False
     cluster: str = "none"
+    enforce_quorum: bool = True
     lock_file: Path = Path("/run/clogfsd.lock")
     runtime_dir: Path = Path("/run/clogfsd")
     debug: tuple[str, ...] = field(default_factory=tuple)
@@ -162,19 +167,52 @@ async def watch_signals(
             return
 
 
+async def start_cluster(nursery: trio.Nursery, presence: Any, config: DaemonConfig) -> Any:
+    """Build the cluster backend in ``nursery``: quorum tracker, presence watch.
+
+    Raises:
+        StartupError: corosync has no quorum provider or went away (``ExitCode.CLUSTER``).
+    """
+    from clogfs.cluster.backend import ClusterBackend
+    from clogfs.cluster.cpg import CorosyncError
+
+    backend = ClusterBackend(nursery, presence.node_id, enforce_quorum=config.enforce_quorum)
+    if config.enforce_quorum:
+        try:
+            await nursery.start(backend.track_quorum)
+        except (CorosyncError, ClogfsError) as exc:
+            raise StartupError(f"--cluster corosync: cannot track quorum ({exc}); use "
+                               "--no-quorum to run without it", ExitCode.CLUSTER) from exc
+    nursery.start_soon(backend.watch_presence, presence)
+    return backend
+
+
 async def run_daemon(config: DaemonConfig) -> ExitCode:
     """Run clogfsd until it is told to stop; returns the exit code.
 
     Raises:
         StartupError: a startup step failed (carries its exit code).
     """
-    if config.cluster != "none":
-        raise StartupError("cluster mode (--cluster corosync) is not available in this version "
-                           "of clogfsd", ExitCode.CLUSTER)
+    if config.cluster not in ("none", "corosync"):
+        raise StartupError(f"unknown cluster mode {config.cluster!r}", ExitCode.USAGE)
     started_at = time.time()
     pin_mmap_threshold()
     async with AsyncExitStack() as stack:
         stack.enter_context(single_instance_lock(config.lock_file))
+        presence = None
+        node_id = 1
+        if config.cluster == "corosync":
+            from clogfs.cluster.backend import PRESENCE_GROUP
+            from clogfs.cluster.cpg import CorosyncError, open_cpg_group
+
+            try:
+                presence = await stack.enter_async_context(open_cpg_group(PRESENCE_GROUP))
+            except CorosyncError as exc:
+                raise StartupError(f"--cluster corosync: corosync is not available ({exc}); "
+                                   "is corosync running on this host?", ExitCode.CLUSTER) from exc
+            node_id = presence.node_id
+            log.info("cluster mode: corosync node id %d, quorum %s", node_id,
+                     "enforced" if config.enforce_quorum else "not enforced (--no-quorum)")
         try:
             conn = await stack.enter_async_context(open_connector_socket(config.kernel_port))
         except OSError as exc:
@@ -191,8 +229,11 @@ async def run_daemon(config: DaemonConfig) -> ExitCode:
                  "(%s), protocol %s", __version__, conn.port_id, config.kernel_port,
                  "the kernel" if config.kernel_port == 0 else "emulator", config.protocol)
         async with trio.open_nursery() as nursery:
-            registry = LogRegistry(node_id=1)
+            registry = LogRegistry(node_id=node_id)
             metrics = Metrics()
+            cluster = None
+            if presence is not None:
+                cluster = await start_cluster(nursery, presence, config)
             view_handle: list[object] = []
 
             def logs_changed() -> None:
@@ -201,7 +242,7 @@ async def run_daemon(config: DaemonConfig) -> ExitCode:
 
             service = LogService(registry, conn, metrics, nursery,
                                  protocol_mode=config.protocol, private_dir=config.runtime_dir,
-                                 on_logs_changed=logs_changed)
+                                 on_logs_changed=logs_changed, cluster=cluster)
             await nursery.start(serve_endpoint, conn, service.on_message, service.on_rejected)
             if config.mount is not None:
                 from clogfs.daemon_view import start_view

@@ -36,8 +36,12 @@ class ServiceViewSource:
         return DaemonInfo(
             version=__version__,
             protocol=self.service.detected_protocol,
-            node_id=group.node_id,
-            cluster_state=getattr(group, "cluster_state", "single"),
+            node_id=self.service.registry.node_id,
+            cluster_state=(
+                self.service.cluster.cluster_state
+                if self.service.cluster is not None
+                else getattr(group, "cluster_state", "single")
+            ),
             started_at=self.started_at,
             metrics_text=lambda: self.metrics.render_prometheus(self.service.snapshots()),
         )

@@ -7,23 +7,24 @@ commit (FLUSHes arriving while a write is in flight share the next write), the l
 (one open device and one writer per device, shared by the instances of a table reload), and
 the translation of errors into negative errnos at the kernel boundary.
 
-Fast path: a request for an idle instance whose answer needs no I/O is applied and answered
-synchronously in the receive loop, with no task switch. Only a request that waits for the
-log device (FLUSH, POSTSUSPEND, RESUME and DTR of a disk log with something to write) makes
-the instance *busy*; requests arriving meanwhile queue behind it in order.
-
-Error handling: a malformed message gets a bare ``EINVAL`` ack (or a full ``-EINVAL`` reply
-when its header decoded); a ``ClogfsError`` raised by the core becomes its negative errno; any
-other exception while handling one log's request is a bug: it is logged with its traceback,
-that instance is marked failed and the request is answered ``-EIO``; serving goes on.
+Cluster mode (``--cluster corosync``, a ``cluster`` port given): the RESUME of a non-resumed
+instance makes it a member of its log's group, and every ordered request of a member (the
+cluster's ordered set, ``clogfs.cluster.messages.ORDERED_REQUESTS``, which adds RESUME and DTR)
+goes to the cluster backend instead of the local group; the instance is busy until the backend
+answers (``AwaitCluster``, awaited in ``_drain``), the reply being the replica's ``Answer``.
+Read-only requests keep the local fast path (answered from the local replica). Instances that
+are not members (constructed, suspended) keep the local path. Without a cluster port nothing
+changes.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import trio
 
 from clogfs.cluster.group import Delivery, LocalGroup, OrderedGroup
+from clogfs.cluster.messages import ORDERED_REQUESTS
 from clogfs.disklog.device import LogDevice, LogWriteError
 from clogfs.disklog.format import buffer_bytes, decode_header
 from clogfs.errors import ClogfsError, KernelProtocolError, LogDeviceError, negative_errno
@@ -40,9 +42,11 @@ from clogfs.log.instance import (
     AwaitCommit,
     AwaitLoad,
     DeviceInfo,
+    Lifecycle,
     LogInstance,
     LogRequest,
     Reply,
+    WriteLog,
 )
 from clogfs.metrics import Metrics
 from clogfs.netlink.endpoint import ConnectorSocket
@@ -69,7 +73,48 @@ from clogfs.snapshot import LogSnapshot
 
 log = logging.getLogger(__name__)
 
-Outcome = Reply | AwaitCommit | AwaitLoad
+
+class AwaitCluster:
+    """An ordered request handed to the cluster backend: its reply comes later."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self.reply: Reply | None = None
+
+    def resolve(self, reply: Reply) -> None:
+        """Record the reply (the first one wins) and wake the waiter."""
+        if self.reply is None:
+            self.reply = reply
+            self._done.set()
+
+    async def wait(self) -> Reply:
+        """The reply, once resolved."""
+        await self._done.wait()
+        assert self.reply is not None
+        return self.reply
+
+
+class ClusterPort(typing.Protocol):
+    """What the service needs from the cluster backend (``clogfs.cluster.backend``)."""
+
+    @property
+    def cluster_state(self) -> str:
+        """``member`` or ``leader``."""
+
+    def is_member(self, key: LogKey) -> bool:
+        """Whether ordered requests of ``key`` go to the backend."""
+
+    def members(self, key: LogKey) -> tuple[int, ...] | None:
+        """Node ids of ``key``'s group, leader first; None if not a member."""
+
+    def start_member(self, instance: LogInstance, resume_token: object, io: Any) -> None:
+        """Join the instance's group; the RESUME is answered through ``io.answer``."""
+
+    def request(self, key: LogKey, token: object, request: LogRequest) -> None:
+        """An ordered request of a member; answered through ``io.answer``."""
+
+
+Outcome = Reply | AwaitCommit | AwaitLoad | AwaitCluster
 
 
 def uuid_text(uuid: bytes) -> str:
@@ -159,6 +204,8 @@ class LogService:
         private_dir: where private device nodes are created (``semantics.md`` §3).
         group_factory: builds the ordered group given the delivery callback; default: a
             group of one.
+        on_logs_changed: called when a log is created or destroyed (the view).
+        cluster: the cluster backend (``--cluster corosync``); None: single node.
     """
 
     def __init__(
@@ -172,6 +219,7 @@ class LogService:
         private_dir: Path = Path("/run/clogfsd"),
         group_factory: Callable[[Callable[[Delivery], None]], OrderedGroup] | None = None,
         on_logs_changed: Callable[[], None] | None = None,
+        cluster: ClusterPort | None = None,
     ) -> None:
         self.registry = registry
         self.conn = conn
@@ -182,6 +230,7 @@ class LogService:
         factory = group_factory or (lambda deliver: LocalGroup(deliver, node_id=registry.node_id))
         self.group: OrderedGroup = factory(self._deliver)
         self.on_logs_changed = on_logs_changed or (lambda: None)
+        self.cluster = cluster
         self.detected_protocol = "auto"
         self._queues: dict[LogKey, InstanceQueue] = {}
         self._devices: dict[tuple[int, int], SharedDevice] = {}
@@ -286,6 +335,10 @@ class LogService:
 
     def _apply(self, instance: LogInstance, ticket: Ticket, request: LogRequest) -> Outcome:
         """Apply one request, through the ordered group if it changes state."""
+        if self.cluster is not None and request.request_type in ORDERED_REQUESTS:
+            routed = self._to_cluster(self.cluster, instance, request)
+            if routed is not None:
+                return routed
         if REQUESTS[request.request_type].ordered:
             ticket.outcome = None
             self.group.multicast(instance.key, request, ticket)
@@ -293,6 +346,68 @@ class LogService:
                 raise RuntimeError("ordered group did not deliver synchronously")
             return ticket.outcome
         return self._handle(instance, request)
+
+    def _to_cluster(
+        self, cluster: ClusterPort, instance: LogInstance, request: LogRequest
+    ) -> Outcome | None:
+        """Hand an ordered request to the cluster backend; None: it takes the local path."""
+        if cluster.is_member(instance.key):
+            wait = AwaitCluster()
+            cluster.request(instance.key, wait, request)
+            return wait
+        if (
+            request.request_type is not RequestType.RESUME
+            or instance.resumed
+            or instance.lifecycle in (Lifecycle.FAILED, Lifecycle.DESTROYED)
+        ):
+            return None
+        if any(
+            other is not instance
+            and other.config.protocol is instance.config.protocol
+            and other.config.uuid == instance.config.uuid
+            and (other.resumed or other.loading)
+            for other in self.registry.instances()
+        ):  # the registry's rule (semantics.md §2.1), checked before joining
+            log_for(instance.config.uuid).warning("RESUME refused: another instance of this "
+                                                  "log is resumed")  # fmt: skip
+            return Reply(error=-errno.EBUSY)
+        wait = AwaitCluster()
+        cluster.start_member(instance, wait, self)
+        return wait
+
+    # -- the cluster backend's I/O (``clogfs.cluster.backend.ClusterIO``)
+
+    def answer(self, token: object, reply: Reply) -> None:
+        """The backend's answer to a request handed to it."""
+        if isinstance(token, AwaitCluster):
+            token.resolve(reply)
+
+    async def write_log(self, instance: LogInstance, write: WriteLog) -> tuple[bool, bool]:
+        """A replica's ``Write`` on the instance's shared device: ``(ok, flush_ok)``."""
+        ok, flush_ok = True, True
+        started = trio.current_time()
+        nbytes = sum(len(data) for _off, data in write.extents)
+        try:
+            shared = self._shared(instance)
+            await shared.device.write(write.extents, cache_flush=write.cache_flush)
+        except LogWriteError as exc:
+            ok, flush_ok = False, not exc.flush_failed
+        except LogDeviceError as exc:
+            log_for(instance.config.uuid).error("cannot write the log device: %s", exc)
+            ok = False
+        self.metrics.observe_write(self._name(instance), nbytes=nbytes,
+                                   latency_s=trio.current_time() - started, ok=ok)
+        return ok, flush_ok
+
+    async def read_log(self, instance: LogInstance, nbytes: int) -> bytes | None:
+        """A replica's ``ReadDevice`` (first member's load); None if it failed."""
+        try:
+            return await self._shared(instance).device.read(nbytes)
+        except LogDeviceError as exc:
+            dev = instance.device.dev_number if instance.device else "?"
+            log_for(instance.config.uuid).error(
+                "%s: Failed to read header on dirty region log device (%s)", dev, exc)
+            return None
 
     def _deliver(self, delivery: Delivery) -> None:
         instance = self.registry.get(delivery.key)
@@ -327,11 +442,14 @@ class LogService:
                 if current is not None:
                     t, out = current
                     current = None
+                    if isinstance(out, AwaitLoad | AwaitCluster) and waiters:
+                        await self._commit(instance, waiters)
+                        waiters = []
                     if isinstance(out, AwaitLoad):
-                        if waiters:
-                            await self._commit(instance, waiters)
-                            waiters = []
                         out = await self._load(instance)
+                    elif isinstance(out, AwaitCluster):
+                        out = await out.wait()
+                        self._unregister_destroyed(instance)
                     if isinstance(out, AwaitCommit):
                         waiters.append((t, out.reply))
                     else:
@@ -404,6 +522,17 @@ class LogService:
             if t.request_type is RequestType.FLUSH:
                 self.metrics.observe_flush(self._name(instance))
             self._finish(t, reply if ok else Reply(error=-errno.EIO))
+
+    def _unregister_destroyed(self, instance: LogInstance) -> None:
+        """A DTR applied by the replica destroyed the instance: drop it from the registry.
+
+        ``LogRegistry.handle`` removes an instance it finds destroyed; a request to a destroyed
+        instance is refused, so this changes nothing else.
+        """
+        if instance.lifecycle is Lifecycle.DESTROYED and self.registry.get(instance.key):
+            with contextlib.suppress(ClogfsError):
+                self.registry.handle(instance, LogRequest(RequestType.DTR, None,
+                                                          self.registry.node_id))
 
     def _after(self, instance: LogInstance) -> None:
         """Clean up after a request that destroyed its instance."""
@@ -534,9 +663,10 @@ class LogService:
             snap = instance.snapshot()
             name = self._names.get(instance.key)
             if name is not None:
+                members = self.cluster.members(instance.key) if self.cluster else None
                 snap = replace(snap, history=self.metrics.history(name),
                                stats=self.metrics.stats(name),
-                               members=self.group.members(instance.key))
+                               members=members or self.group.members(instance.key))
             out.append(snap)
         return out
 

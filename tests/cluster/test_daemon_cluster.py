@@ -1,0 +1,298 @@
+"""clogfsd --cluster corosync on three real corosync nodes, each driven by its kernel emulator.
+
+Every node runs, inside its own network namespace, one clogfsd (``--cluster corosync``) and one
+kernel emulator that talks to it over netlink in that namespace. The three emulators drive one
+shared log (same uuid) the way three hosts' kernels would; threads of the test meet at
+barriers between phases. A read-only answer on one node reflects another node's request once
+an ordered request of its own has been answered after it (total order), so every check is
+preceded by such a request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from clogfs.daemon import ExitCode
+from clogfs.netlink.emulator import (
+    AUTO_PORT_ID,
+    RECEIVE_BUFFER_BYTES,
+    EmulatedMirror,
+    KernelEmulator,
+)
+from clogfs.netlink.requests import RequestType as T
+from clogfs.netlink.wire import NETLINK_CONNECTOR, Protocol
+from tests.cluster.rig import REPO_ROOT, CorosyncRig
+from tests.integration.harness import CLOGFSD, Daemon
+
+pytestmark = [pytest.mark.corosync, pytest.mark.root, pytest.mark.slow]
+
+DEADLINE = 60.0
+REGION_SECTORS = 1024
+REGIONS = 64
+TARGET = REGIONS * REGION_SECTORS
+NODES = (1, 2, 3)
+
+NodeBody = Callable[[int, EmulatedMirror, Daemon], Awaitable[Any]]
+
+
+async def meet(barrier: threading.Barrier) -> None:
+    """Wait (in a worker thread) until every node's thread reached ``barrier``."""
+    await trio.to_thread.run_sync(barrier.wait, DEADLINE)
+
+
+@asynccontextmanager
+async def run_clogfsd_in(netns: str, tmp: Path, kernel_port: int) -> AsyncIterator[Daemon]:
+    """``run_clogfsd``'s contract, but started under ``ip netns exec netns``.
+
+    trio starts processes from its worker threads, which are shared by every ``trio.run`` of
+    the test process and so may sit in another node's namespace: the namespace is named
+    explicitly instead of inherited.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
+    notify_path = tmp / "notify.sock"
+    notify_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    stderr_path = tmp / "clogfsd.stderr"
+    argv = ["ip", "netns", "exec", netns, *CLOGFSD, "--kernel-port", str(kernel_port),
+            "--lock-file", str(tmp / "clogfsd.lock"), "--runtime-dir", str(tmp / "run"),
+            "--no-mount", "--cluster", "corosync", "--log-level", "DEBUG"]  # fmt: skip
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(REPO_ROOT))  # fmt: skip
+    with open(stderr_path, "wb") as err:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=None, stdout=err, stderr=err, env=env, cwd=REPO_ROOT
+        )
+    daemon = Daemon(process, stderr_path, notify)
+    try:
+        with trio.fail_after(DEADLINE):
+            while True:
+                with trio.move_on_after(0.1):
+                    await trio.lowlevel.wait_readable(notify)
+                    if b"READY=1" in notify.recv(4096).split(b"\n"):
+                        break
+                if process.poll() is not None:
+                    raise RuntimeError(f"clogfsd exited with {process.returncode} before "
+                                       f"READY=1:\n{daemon.stderr()}")  # fmt: skip
+        yield daemon
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(5):
+                await process.wait()
+        notify.close()
+
+
+async def run_node(
+    rig: CorosyncRig, node_id: int, tmp: Path, uuid: bytes, ctr_args: str, body: NodeBody
+) -> Any:
+    """One node: an emulator and a clustered clogfsd in its namespace, then ``body``.
+
+    The emulator unicasts to the daemon's port: outside the initial network namespace no
+    kernel connector socket exists, so a multicast to group 7 (which also goes to port 0)
+    is refused.
+    """
+    with trio.fail_after(DEADLINE * 2):
+        sock = trio.socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            await sock.bind((AUTO_PORT_ID, 0))
+            port_id = sock.getsockname()[0]
+            netns = rig.nodes[node_id].netns
+            async with run_clogfsd_in(netns, tmp / f"n{node_id}", port_id) as daemon:
+                found = re.search(r"netlink port (\d+),", daemon.stderr())
+                assert found is not None, daemon.stderr()
+                emu = KernelEmulator(sock, Protocol.ULOG, daemon_port=int(found[1]),
+                                     timeout=DEADLINE)  # fmt: skip
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(emu.serve_replies)
+                    mirror = EmulatedMirror(emu, uuid, 1, ctr_args, TARGET)
+                    try:
+                        result = await body(node_id, mirror, daemon)
+                    except BaseException:
+                        print(f"--- clogfsd node {node_id} ---\n{daemon.stderr()}")
+                        raise
+                    nursery.cancel_scope.cancel()
+                    return result
+
+
+def on_all_nodes(rig: CorosyncRig, tmp: Path, uuid: bytes, ctr_args: str, body: NodeBody
+                 ) -> dict[int, Any]:  # fmt: skip
+    """Run ``body`` on every node at once; returns ``{node_id: result}``."""
+    return rig.run_trio_in_nodes(
+        {n: (run_node, (rig, n, tmp, uuid, ctr_args, body)) for n in NODES}
+    )
+
+
+async def clean_map(mirror: EmulatedMirror) -> list[bool]:
+    """IS_CLEAN of every region, from this node's replica."""
+    return [bool(await mirror.call(T.IS_CLEAN, r)) for r in range(REGIONS)]
+
+
+def own_regions(node_id: int) -> list[int]:
+    """Five regions per node, disjoint."""
+    return [node_id * 10 + i for i in range(5)]
+
+
+def test_state_is_identical_on_all_nodes(rig3: CorosyncRig, tmp_path: Path) -> None:
+    """MARK/FLUSH/CLEAR from all three nodes: every node answers IS_CLEAN and
+    GET_SYNC_COUNT alike, and every node's marks are seen on the others."""
+    created = threading.Barrier(len(NODES))
+    written = threading.Barrier(len(NODES))
+    checked = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
+        await mirror.create()
+        await meet(created)
+        regions = own_regions(node_id)
+        await mirror.call(T.MARK_REGION, tuple(regions))
+        await mirror.call(T.FLUSH, ())
+        await mirror.call(T.CLEAR_REGION, tuple(regions[:2]))
+        await mirror.call(T.FLUSH, ())
+        await meet(written)
+        await mirror.call(T.FLUSH, ())  # ordered after every node's writes
+        state = (await clean_map(mirror), await mirror.call(T.GET_SYNC_COUNT))
+        await meet(checked)
+        await mirror.suspend()
+        await mirror.remove()
+        return state
+
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-SAME-1", f"clustered-core {REGION_SECTORS} "
+                           "nosync", body)  # fmt: skip
+    assert results[1] == results[2] == results[3]
+    clean, sync_count = results[1]
+    dirty = {r for r in range(REGIONS) if not clean[r]}
+    assert dirty == {r for n in NODES for r in own_regions(n)[2:]}
+    assert sync_count == REGIONS
+
+
+def test_region_marked_by_two_nodes_stays_dirty_until_both_clear(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """Nodes 1 and 2 mark region 7: it is dirty everywhere until the second CLEAR."""
+    created = threading.Barrier(len(NODES))
+    marked = threading.Barrier(len(NODES))
+    first_cleared = threading.Barrier(len(NODES))
+    seen_first = threading.Barrier(len(NODES))
+    both_cleared = threading.Barrier(len(NODES))
+    seen_both = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool]:
+        await mirror.create()
+        await meet(created)
+        if node_id in (1, 2):
+            await mirror.call(T.MARK_REGION, (7,))
+        await mirror.call(T.FLUSH, ())
+        await meet(marked)
+        if node_id == 1:
+            await mirror.call(T.CLEAR_REGION, (7,))
+        await mirror.call(T.FLUSH, ())
+        await meet(first_cleared)
+        await mirror.call(T.FLUSH, ())
+        after_first = bool(await mirror.call(T.IS_CLEAN, 7))
+        await meet(seen_first)
+        if node_id == 2:
+            await mirror.call(T.CLEAR_REGION, (7,))
+        await mirror.call(T.FLUSH, ())
+        await meet(both_cleared)
+        await mirror.call(T.FLUSH, ())
+        after_both = bool(await mirror.call(T.IS_CLEAN, 7))
+        await meet(seen_both)
+        await mirror.suspend()
+        await mirror.remove()
+        return [after_first, after_both]
+
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-TWO-MARKS", f"clustered-core "
+                           f"{REGION_SECTORS} nosync", body)  # fmt: skip
+    assert results == {n: [False, True] for n in NODES}
+
+
+def test_late_joiner_gets_the_state(rig3: CorosyncRig, tmp_path: Path) -> None:
+    """Node 3 resumes after nodes 1 and 2 marked regions: it sees their marks at once."""
+    early = threading.Barrier(2)
+    joined = threading.Barrier(len(NODES))
+    done = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool]:
+        if node_id != 3:
+            await mirror.create()
+            await mirror.call(T.MARK_REGION, tuple(own_regions(node_id)))
+            await mirror.call(T.FLUSH, ())
+            await meet(early)
+        await meet(joined)  # node 3 creates (CTR + RESUME) only now
+        if node_id == 3:
+            await mirror.create()
+            await mirror.call(T.FLUSH, ())
+        clean = await clean_map(mirror)
+        await meet(done)
+        await mirror.suspend()
+        await mirror.remove()
+        return clean
+
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-LATE-1", f"clustered-core "
+                           f"{REGION_SECTORS} nosync", body)  # fmt: skip
+    expected = [r not in set(own_regions(1) + own_regions(2)) for r in range(REGIONS)]
+    assert results[3] == expected
+    assert results[1] == results[2] == expected
+
+
+def test_killed_member_leaves_its_marked_regions_out_of_sync(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """Node 3's clogfsd is SIGKILLed while it has regions marked (a write in flight): on
+    nodes 1 and 2 those regions answer IN_SYNC 0; the others stay in sync."""
+    created = threading.Barrier(len(NODES))
+    marked = threading.Barrier(len(NODES))
+    killed = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool] | None:
+        await mirror.create()
+        await meet(created)
+        if node_id == 3:
+            await mirror.call(T.MARK_REGION, (30, 31))
+            await mirror.call(T.FLUSH, ())
+        await meet(marked)
+        if node_id == 3:
+            daemon.process.kill()
+            await daemon.wait(DEADLINE)
+            await meet(killed)
+            return None
+        await meet(killed)
+        in_sync = [bool(await mirror.call(T.IN_SYNC, r)) for r in range(REGIONS)]
+        with trio.fail_after(DEADLINE):
+            while in_sync[30] or in_sync[31]:  # the departure arrives within ms (PROCDOWN)
+                await mirror.call(T.FLUSH, ())
+                in_sync = [bool(await mirror.call(T.IN_SYNC, r)) for r in range(REGIONS)]
+        await mirror.suspend()
+        await mirror.remove()
+        return in_sync
+
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-KILL-1", f"clustered-core "
+                           f"{REGION_SECTORS} nosync", body)  # fmt: skip
+    expected = [r not in (30, 31) for r in range(REGIONS)]
+    assert results[1] == results[2] == expected
+
+
+def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
+    """Without corosync (the host's namespace runs none), --cluster corosync exits 7."""
+    result = subprocess.run(
+        [*CLOGFSD, "--cluster", "corosync", "--no-mount", "--lock-file", str(tmp_path / "l")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == ExitCode.CLUSTER
+    assert "corosync is not available" in result.stderr
+
