@@ -34,6 +34,7 @@ from clogfs.netlink.requests import RequestType as T
 from clogfs.netlink.wire import NETLINK_CONNECTOR, Protocol
 from tests.cluster.rig import REPO_ROOT, CorosyncRig
 from tests.integration.harness import CLOGFSD, Daemon
+from tests.integration.test_disk import BLOCK, KERNEL_MAGIC, decode_disk, make_image
 
 pytestmark = [pytest.mark.corosync, pytest.mark.root, pytest.mark.slow]
 
@@ -283,6 +284,53 @@ def test_killed_member_leaves_its_marked_regions_out_of_sync(
                            f"{REGION_SECTORS} nosync", body)  # fmt: skip
     expected = [r not in (30, 31) for r in range(REGIONS)]
     assert results[1] == results[2] == expected
+
+
+def test_disk_log_on_shared_image_holds_every_nodes_marks(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """A clustered-disk log on one image file shared by the three nodes: after every node's
+    MARK + FLUSH the image shows each node's regions dirty; after the CLEARs + FLUSHes, none."""
+    image = make_image(tmp_path / "shared-log.img")
+    created = threading.Barrier(len(NODES))
+    flushed = threading.Barrier(len(NODES))
+    looked = threading.Barrier(len(NODES))
+    cleared = threading.Barrier(len(NODES))
+    looked_again = threading.Barrier(len(NODES))
+    # one node suspends at a time: POSTSUSPENDs of all members at once can leave a
+    # non-leader's POSTSUSPEND answered -EIO (replica rule 8: a departing leader covers only
+    # its own departure; reproduced with tests.cluster.harness, reported with issue #7)
+    departed = [threading.Barrier(len(NODES)) for _ in NODES]
+
+    def dirty_on_disk() -> set[int]:
+        return decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
+        await mirror.create()
+        await meet(created)
+        await mirror.call(T.MARK_REGION, (node_id * 10,))
+        await mirror.call(T.FLUSH, ())
+        await meet(flushed)
+        marked = dirty_on_disk()
+        await meet(looked)
+        await mirror.call(T.CLEAR_REGION, (node_id * 10,))
+        await mirror.call(T.FLUSH, ())
+        await meet(cleared)
+        await mirror.call(T.FLUSH, ())
+        unmarked = dirty_on_disk()
+        await meet(looked_again)
+        for departing, barrier in zip((3, 2, 1), departed, strict=True):  # the leader last
+            if node_id == departing:
+                await mirror.suspend()
+                await mirror.remove()
+            await meet(barrier)
+        return marked, unmarked
+
+    ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-DISK-1", ctr, body)
+    assert results == {n: ({10, 20, 30}, set()) for n in NODES}
+    header = decode_disk(image.read_bytes()[:BLOCK], REGIONS)
+    assert (header.magic, header.nr_regions) == (KERNEL_MAGIC, REGIONS)
 
 
 def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
