@@ -255,15 +255,16 @@ class ClusterBackend:
                     member.nursery = nursery
                     nursery.start_soon(self._sender, member, group, receive, nursery.cancel_scope)
                     await self._receiver(member, group)
-        except CorosyncGoneError as exc:
-            self._note_gone(exc)
+        except* CorosyncGoneError as group:
+            self._note_gone(group.exceptions[0])
             self._detach(member, "corosync went away")
-        except CorosyncError as exc:
-            log.error("[%s] cannot use CPG group %r: %s", member.tag, member.name, exc)
+        except* CorosyncError as group:
+            log.error("[%s] cannot use CPG group %r: %s", member.tag, member.name,
+                      group.exceptions[0])  # fmt: skip
             self._detach(member, "CPG failed")
-        except Exception:
-            log.exception("[%s] bug in the cluster member task; this log leaves its group",
-                          member.tag)  # fmt: skip
+        except* Exception as group:
+            log.error("[%s] bug in the cluster member task; this log leaves its group",
+                      member.tag, exc_info=group)  # fmt: skip
             self._detach(member, "bug")
         finally:
             if self._members.get(member.instance.key) is member:  # ended without Leave
@@ -305,7 +306,16 @@ class ClusterBackend:
         replica = member.replica
         if replica is None or member.detached:
             return
-        self._carry_out(member, replica.handle(event))
+        try:
+            actions = replica.handle(event)
+        except Exception:  # a bug: this log leaves its group, the daemon serves on
+            log.exception("[%s] bug while handling %s; this log leaves its group", member.tag,
+                          type(event).__name__)  # fmt: skip
+            self._detach(member, "bug")
+            if member.nursery is not None:
+                member.nursery.cancel_scope.cancel()
+            return
+        self._carry_out(member, actions)
 
     def _carry_out(self, member: _Member, actions: list[ReplicaAction]) -> None:
         for action in actions:

@@ -131,9 +131,9 @@ async def run_node(
 
 def on_all_nodes(rig: CorosyncRig, tmp: Path, uuid: bytes, ctr_args: str, body: NodeBody
                  ) -> dict[int, Any]:  # fmt: skip
-    """Run ``body`` on every node at once; returns ``{node_id: result}``."""
+    """Run ``body`` on every node of the rig at once; returns ``{node_id: result}``."""
     return rig.run_trio_in_nodes(
-        {n: (run_node, (rig, n, tmp, uuid, ctr_args, body)) for n in NODES}
+        {n: (run_node, (rig, n, tmp, uuid, ctr_args, body)) for n in rig.nodes}
     )
 
 
@@ -343,4 +343,3 @@ def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
     )
     assert result.returncode == ExitCode.CLUSTER
     assert "corosync is not available" in result.stderr
-
