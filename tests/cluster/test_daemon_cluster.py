@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -53,12 +54,16 @@ async def meet(barrier: threading.Barrier) -> None:
 
 
 @asynccontextmanager
-async def run_clogfsd_in(netns: str, tmp: Path, kernel_port: int) -> AsyncIterator[Daemon]:
+async def run_clogfsd_in(
+    netns: str, tmp: Path, kernel_port: int, mount: Path | None = None
+) -> AsyncIterator[Daemon]:
     """``run_clogfsd``'s contract, but started under ``ip netns exec netns``.
 
     trio starts processes from its worker threads, which are shared by every ``trio.run`` of
     the test process and so may sit in another node's namespace: the namespace is named
-    explicitly instead of inherited.
+    explicitly instead of inherited. ``ip netns exec`` also gives the daemon a mount namespace
+    of its own: a view mounted at ``mount`` is seen through ``/proc/<pid>/root`` and goes away
+    with the daemon.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     notify_path = tmp / "notify.sock"
@@ -69,7 +74,8 @@ async def run_clogfsd_in(netns: str, tmp: Path, kernel_port: int) -> AsyncIterat
     stderr_path = tmp / "clogfsd.stderr"
     argv = ["ip", "netns", "exec", netns, *CLOGFSD, "--kernel-port", str(kernel_port),
             "--lock-file", str(tmp / "clogfsd.lock"), "--runtime-dir", str(tmp / "run"),
-            "--no-mount", "--cluster", "corosync", "--log-level", "DEBUG"]  # fmt: skip
+            "--cluster", "corosync", "--log-level", "DEBUG"]  # fmt: skip
+    argv += ["--mount", str(mount)] if mount is not None else ["--no-mount"]
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1",
                PYTHONPATH=str(REPO_ROOT))  # fmt: skip
     with open(stderr_path, "wb") as err:
@@ -97,9 +103,17 @@ async def run_clogfsd_in(netns: str, tmp: Path, kernel_port: int) -> AsyncIterat
 
 
 async def run_node(
-    rig: CorosyncRig, node_id: int, tmp: Path, uuid: bytes, ctr_args: str, body: NodeBody
+    rig: CorosyncRig,
+    node_id: int,
+    tmp: Path,
+    uuid: bytes,
+    ctr_args: str,
+    body: NodeBody,
+    mount: bool = False,
 ) -> Any:
     """One node: an emulator and a clustered clogfsd in its namespace, then ``body``.
+
+    With ``mount`` the daemon mounts its view at ``tmp/n<node_id>/view``.
 
     The emulator unicasts to the daemon's port: outside the initial network namespace no
     kernel connector socket exists, so a multicast to group 7 (which also goes to port 0)
@@ -112,7 +126,9 @@ async def run_node(
             await sock.bind((AUTO_PORT_ID, 0))
             port_id = sock.getsockname()[0]
             netns = rig.nodes[node_id].netns
-            async with run_clogfsd_in(netns, tmp / f"n{node_id}", port_id) as daemon:
+            root = tmp / f"n{node_id}"
+            view = root / "view" if mount else None
+            async with run_clogfsd_in(netns, root, port_id, view) as daemon:
                 found = re.search(r"netlink port (\d+),", daemon.stderr())
                 assert found is not None, daemon.stderr()
                 emu = KernelEmulator(sock, Protocol.ULOG, daemon_port=int(found[1]),
@@ -129,11 +145,11 @@ async def run_node(
                     return result
 
 
-def on_all_nodes(rig: CorosyncRig, tmp: Path, uuid: bytes, ctr_args: str, body: NodeBody
-                 ) -> dict[int, Any]:  # fmt: skip
+def on_all_nodes(rig: CorosyncRig, tmp: Path, uuid: bytes, ctr_args: str, body: NodeBody,
+                 *, mount: bool = False) -> dict[int, Any]:  # fmt: skip
     """Run ``body`` on every node of the rig at once; returns ``{node_id: result}``."""
     return rig.run_trio_in_nodes(
-        {n: (run_node, (rig, n, tmp, uuid, ctr_args, body)) for n in rig.nodes}
+        {n: (run_node, (rig, n, tmp, uuid, ctr_args, body, mount)) for n in rig.nodes}
     )
 
 
@@ -331,6 +347,45 @@ def test_disk_log_on_shared_image_holds_every_nodes_marks(
     assert results == {n: ({10, 20, 30}, set()) for n in NODES}
     header = decode_disk(image.read_bytes()[:BLOCK], REGIONS)
     assert (header.magic, header.nr_regions) == (KERNEL_MAGIC, REGIONS)
+
+
+@pytest.mark.fuse
+def test_view_shows_the_leader_and_the_members(rig3: CorosyncRig, tmp_path: Path) -> None:
+    """Each node's view: ``node`` says ``<id> leader`` on exactly one node and ``<id> member``
+    on the others; the log's ``members`` file lists the same nodes, leader first, everywhere."""
+    created = threading.Barrier(len(NODES))
+    synced = threading.Barrier(len(NODES))
+    looked = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> tuple[str, str]:
+        await mirror.create()
+        await meet(created)
+        await mirror.call(T.FLUSH, ())  # after every node's join
+        await meet(synced)
+        await mirror.call(T.FLUSH, ())
+        view = Path(f"/proc/{daemon.process.pid}/root") / tmp_path.relative_to("/") / f"n{node_id}"
+        view = view / "view"
+        node = (view / "node").read_text()
+        members = (view / "CLUSTER-VIEW-1" / "members").read_text()
+        await meet(looked)
+        await mirror.suspend()
+        await mirror.remove()
+        daemon.signal(signal.SIGTERM)  # no live log: exits and unmounts
+        assert await daemon.wait(DEADLINE) == 0
+        return node, members
+
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-VIEW-1", f"clustered-core "
+                           f"{REGION_SECTORS} nosync", body, mount=True)  # fmt: skip
+    states = {n: node.split() for n, (node, _members) in results.items()}
+    assert all(words[0] == str(n) for n, words in states.items())
+    leaders = [n for n, words in states.items() if words[1] == "leader"]
+    assert len(leaders) == 1
+    assert all(words[1] == "member" for n, words in states.items() if n not in leaders)
+    members = {m for _node, m in results.values()}
+    assert len(members) == 1
+    listed = [int(line) for line in members.pop().split()]
+    assert listed[0] == leaders[0]
+    assert sorted(listed) == list(NODES)
 
 
 def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
