@@ -12,7 +12,10 @@ CPG event in corosync's total order and carries out its actions, in order:
   ``ClusterIO.read``) in a task of the member; the outcome goes back as ``WriteDone`` /
   ``LoadDone``;
 - ``Warn``: logged at WARNING with the log's tag;
-- ``Leave``: the queued messages are sent, then the group is left and the task ends.
+- ``Leave``: the queued messages are sent, then the group is left and the task ends. After
+  an orderly departure (own POSTSUSPEND or DTR) the instance takes the service's local path
+  again; a replica that gave up while the instance is still resumed leaves it *detached*
+  (below), never served by the single-node path.
 
 One quorum tracker per daemon (:meth:`ClusterBackend.track_quorum`) feeds ``QuorumChanged`` to
 every replica; ``enforce_quorum=False`` (``--no-quorum``) skips it (always quorate). A presence
@@ -335,8 +338,11 @@ class ClusterBackend:
             else:
                 assert isinstance(action, Leave)
                 log.info("[%s] leaving CPG group %r", member.tag, member.name)
-                if self._members.get(member.instance.key) is member:
-                    del self._members[member.instance.key]
+                if member.instance.resumed:  # the replica gave up (rule 9): no local path
+                    member.detached = True
+                    member.instance.cluster_writer = False
+                else:  # departed (POSTSUSPEND, DTR) or never joined: the local path
+                    self._forget(member)
                 if member.outbox is not None:
                     member.outbox.close()
 
