@@ -388,6 +388,46 @@ def test_view_shows_the_leader_and_the_members(rig3: CorosyncRig, tmp_path: Path
     assert sorted(listed) == list(NODES)
 
 
+def test_partition_without_quorum_holds_flush(rig3: CorosyncRig, tmp_path: Path) -> None:
+    """Node 3 is cut off: it loses quorum and its FLUSH is not answered (writes wait), while
+    the quorate majority (nodes 1, 2) keeps confirming FLUSH."""
+    held_for = 3.0  # seconds the isolated node's FLUSH must stay unanswered
+    created = threading.Barrier(len(NODES))
+    isolated = threading.Barrier(len(NODES))
+    checked = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> bool:
+        await mirror.create()
+        await meet(created)
+        if node_id == 3:
+            await trio.to_thread.run_sync(lambda: rig3.set_link(3, up=False))
+            await daemon.wait_for_log("no longer quorate", timeout=DEADLINE)
+        await meet(isolated)
+        await mirror.call(T.MARK_REGION, (40 + node_id,))
+        answered = False
+        with trio.move_on_after(held_for if node_id == 3 else DEADLINE):
+            await mirror.call(T.FLUSH, ())
+            answered = True
+        await meet(checked)
+        if node_id == 3:  # its state diverged from the majority's: it leaves for good
+            daemon.process.kill()
+            await daemon.wait(DEADLINE)
+            return answered
+        await mirror.call(T.CLEAR_REGION, (40 + node_id,))
+        await mirror.suspend()
+        await mirror.remove()
+        return answered
+
+    try:
+        results = on_all_nodes(rig3, tmp_path, b"CLUSTER-QUORUM-1", f"clustered-core "
+                               f"{REGION_SECTORS} nosync", body)  # fmt: skip
+    finally:
+        rig3.set_link(3, up=True)
+        rig3.wait_formed()
+        rig3.wait_quorate(3, True)
+    assert results == {1: True, 2: True, 3: False}
+
+
 def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
     """Without corosync (the host's namespace runs none), --cluster corosync exits 7."""
     result = subprocess.run(
