@@ -31,6 +31,7 @@ from clogfs.netlink.emulator import (
     EmulatedMirror,
     KernelEmulator,
 )
+from clogfs.netlink.requests import CtrPayload
 from clogfs.netlink.requests import RequestType as T
 from clogfs.netlink.wire import NETLINK_CONNECTOR, Protocol
 from tests.cluster.rig import REPO_ROOT, CorosyncRig
@@ -426,6 +427,41 @@ def test_partition_without_quorum_holds_flush(rig3: CorosyncRig, tmp_path: Path)
         rig3.wait_formed()
         rig3.wait_quorate(3, True)
     assert results == {1: True, 2: True, 3: False}
+
+
+def test_table_reload_rejoins_with_the_group_state(rig3: CorosyncRig, tmp_path: Path) -> None:
+    """Node 2 reloads its table (CTR of a new instance, suspend of the old, RESUME of the new,
+    DTR of the old): the new instance joins the group again and sees node 1's mark."""
+    created = threading.Barrier(len(NODES))
+    marked = threading.Barrier(len(NODES))
+    reloaded = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool]:
+        await mirror.create()
+        await meet(created)
+        if node_id == 1:
+            await mirror.call(T.MARK_REGION, (50,))
+            await mirror.call(T.FLUSH, ())
+        await meet(marked)
+        live = mirror
+        if node_id == 2:
+            new = EmulatedMirror(mirror.emu, mirror.uuid, 2, "", TARGET)
+            new.ctr_string = mirror.ctr_string
+            await new.call(T.CTR, CtrPayload(new.ctr_string, reconnect=False))
+            await mirror.suspend()
+            await new.resume()
+            await mirror.call(T.DTR)
+            live = new
+        await live.call(T.FLUSH, ())
+        seen = [bool(await live.call(T.IS_CLEAN, r)) for r in (49, 50)]
+        await meet(reloaded)
+        await live.suspend()
+        await live.remove()
+        return seen
+
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-RELOAD-1", f"clustered-core "
+                           f"{REGION_SECTORS} nosync", body)  # fmt: skip
+    assert results == {n: [True, False] for n in NODES}
 
 
 def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
