@@ -8,8 +8,8 @@ CPG event in corosync's total order and carries out its actions, in order:
 - ``Multicast``: encoded and queued for the member's one sender task, so messages leave in the
   order the replica produced them (``CpgGroup.send`` may wait out ``CS_ERR_TRY_AGAIN``);
 - ``Answer``: the waiting kernel request is answered through ``ClusterIO.answer``;
-- ``Write`` / ``ReadDevice``: the service's device I/O for the instance (``ClusterIO.write`` /
-  ``ClusterIO.read``) in a task of the member; the outcome goes back as ``WriteDone`` /
+- ``Write`` / ``ReadDevice``: the service's device I/O for the instance (``ClusterIO.write_log`` /
+  ``ClusterIO.read_log``) in a task of the member; the outcome goes back as ``WriteDone`` /
   ``LoadDone``;
 - ``Warn``: logged at WARNING with the log's tag;
 - ``Leave``: the queued messages are sent, then the group is left and the task ends. After
