@@ -464,6 +464,59 @@ def test_table_reload_rejoins_with_the_group_state(rig3: CorosyncRig, tmp_path: 
     assert results == {n: [True, False] for n in NODES}
 
 
+def test_leader_killed_new_leader_confirms_flush_and_keeps_crash_marks_on_disk(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """Disk log, node 1 the leader (first member): after its clogfsd is SIGKILLed with region
+    11 marked, node 2's MARK + FLUSH is confirmed (by the new leader's writes), and the image
+    shows both 11 (a torn write may lie there) and 22 dirty; 11 answers IN_SYNC 0."""
+    image = make_image(tmp_path / "shared-log.img")
+    first = threading.Barrier(len(NODES))
+    created = threading.Barrier(len(NODES))
+    marked = threading.Barrier(len(NODES))
+    killed = threading.Barrier(len(NODES))
+    flushed = threading.Barrier(len(NODES))
+    looked = threading.Barrier(len(NODES))
+    departed = [threading.Barrier(len(NODES)) for _ in (3, 2)]
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
+        if node_id == 1:
+            await mirror.create()
+        await meet(first)
+        if node_id != 1:
+            await mirror.create()
+        await meet(created)
+        if node_id == 1:
+            await mirror.call(T.MARK_REGION, (11,))
+            await mirror.call(T.FLUSH, ())
+        await meet(marked)
+        if node_id == 1:
+            daemon.process.kill()
+            await daemon.wait(DEADLINE)
+        await meet(killed)
+        if node_id == 2:
+            await mirror.call(T.MARK_REGION, (22,))
+            await mirror.call(T.FLUSH, ())
+        await meet(flushed)
+        dirty = None
+        if node_id != 1:
+            with trio.fail_after(DEADLINE):
+                while await mirror.call(T.IN_SYNC, 11):  # the crash arrives in ms (PROCDOWN)
+                    await mirror.call(T.FLUSH, ())
+            dirty = decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
+        await meet(looked)
+        for departing, barrier in zip((3, 2), departed, strict=True):  # the leader last
+            if node_id == departing:
+                await mirror.suspend()
+                await mirror.remove()
+            await meet(barrier)
+        return dirty
+
+    ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-LEADER-1", ctr, body)
+    assert results[2] == results[3] == {11, 22}
+
+
 def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
     """Without corosync (the host's namespace runs none), --cluster corosync exits 7."""
     result = subprocess.run(
