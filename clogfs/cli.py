@@ -38,33 +38,76 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the device-mapper userspace dirty log (dm-log-userspace) for "
         "clustered-core and clustered-disk mirror logs. Runs in the foreground.",
     )
-    p.add_argument("--protocol", choices=("auto", "ulog", "take5"), default="auto",
-                   help="kernel wire format: mainline dm_ulog_request (ulog), the 2009 take-5 "
-                   "dm_clog_request (take5), or detect per message (auto, the default)")
-    p.add_argument("--kernel-port", type=_port, default=0, metavar="PORTID",
-                   help="accept requests only from this netlink port id and reply to it "
-                   "(kernel emulators); default 0, the kernel")
+    p.add_argument(
+        "--protocol",
+        choices=("auto", "ulog", "take5"),
+        default="auto",
+        help="kernel wire format: mainline dm_ulog_request (ulog), the 2009 take-5 "
+        "dm_clog_request (take5), or detect per message (auto, the default)",
+    )
+    p.add_argument(
+        "--kernel-port",
+        type=_port,
+        default=0,
+        metavar="PORTID",
+        help="accept requests only from this netlink port id and reply to it "
+        "(kernel emulators); default 0, the kernel",
+    )
     mount = p.add_mutually_exclusive_group()
-    mount.add_argument("--mount", type=Path, default=Path("/run/clogfs"), metavar="DIR",
-                       help="mount the read-only view here (default /run/clogfs)")
+    mount.add_argument(
+        "--mount",
+        type=Path,
+        default=Path("/run/clogfs"),
+        metavar="DIR",
+        help="mount the read-only view here (default /run/clogfs)",
+    )
     mount.add_argument("--no-mount", action="store_true", help="do not mount the view")
-    p.add_argument("--mount-allow-other", action="store_true",
-                   help="let users other than root read the view (FUSE allow_other)")
-    p.add_argument("--cluster", choices=("none", "corosync"), default="none",
-                   help="none: a single host (default); corosync: share logs with the other "
-                   "hosts through corosync CPG (corosync must be running)")
-    p.add_argument("--no-quorum", action="store_true",
-                   help="cluster mode: confirm FLUSH even while this node is not quorate")
-    p.add_argument("--lock-file", type=Path, default=Path("/run/clogfsd.lock"), metavar="PATH",
-                   help="single-instance lock (default /run/clogfsd.lock)")
-    p.add_argument("--runtime-dir", type=Path, default=Path("/run/clogfsd"), metavar="DIR",
-                   help="where private log-device nodes are made (default /run/clogfsd)")
-    p.add_argument("--log-level", default="INFO", metavar="LEVEL",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="DEBUG, INFO (default), WARNING or ERROR")
-    p.add_argument("--debug", action="append", default=[], metavar="CATEGORY",
-                   help="debug output for one subsystem logger, e.g. service, netlink.endpoint, "
-                   "disklog.device (repeatable)")
+    p.add_argument(
+        "--mount-allow-other",
+        action="store_true",
+        help="let users other than root read the view (FUSE allow_other)",
+    )
+    p.add_argument(
+        "--cluster",
+        choices=("none", "corosync"),
+        default="none",
+        help="none: a single host (default); corosync: share logs with the other "
+        "hosts through corosync CPG (corosync must be running)",
+    )
+    p.add_argument(
+        "--no-quorum",
+        action="store_true",
+        help="cluster mode: confirm FLUSH even while this node is not quorate",
+    )
+    p.add_argument(
+        "--lock-file",
+        type=Path,
+        default=Path("/run/clogfsd.lock"),
+        metavar="PATH",
+        help="single-instance lock (default /run/clogfsd.lock)",
+    )
+    p.add_argument(
+        "--runtime-dir",
+        type=Path,
+        default=Path("/run/clogfsd"),
+        metavar="DIR",
+        help="where private log-device nodes are made (default /run/clogfsd)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        metavar="LEVEL",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO (default), WARNING or ERROR",
+    )
+    p.add_argument(
+        "--debug",
+        action="append",
+        default=[],
+        metavar="CATEGORY",
+        help="debug output for one subsystem logger, e.g. service, netlink.endpoint, "
+        "disklog.device (repeatable)",
+    )
     p.add_argument("--version", action="version", version=f"clogfsd {__version__}")
     return p
 

@@ -90,8 +90,9 @@ def single_instance_lock(path: Path) -> Iterator[None]:
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise StartupError(f"another clogfsd (pid {holder}) holds {path}",
-                                   ExitCode.LOCKED) from None
+                raise StartupError(
+                    f"another clogfsd (pid {holder}) holds {path}", ExitCode.LOCKED
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -157,9 +158,13 @@ async def watch_signals(
             live = service.registry.instances()
             if live:
                 names = ", ".join(sorted(service.describe_names()))
-                log.warning("%s refused: %d log(s) still live (%s); remove the mirrors first "
-                            "(dmsetup remove), or the kernel would wait for answers forever",
-                            signal.Signals(signum).name, len(live), names)
+                log.warning(
+                    "%s refused: %d log(s) still live (%s); remove the mirrors first "
+                    "(dmsetup remove), or the kernel would wait for answers forever",
+                    signal.Signals(signum).name,
+                    len(live),
+                    names,
+                )
                 continue
             log.info("%s: no live log, exiting", signal.Signals(signum).name)
             sd_notify("STOPPING=1")
@@ -181,8 +186,11 @@ async def start_cluster(nursery: trio.Nursery, presence: Any, config: DaemonConf
         try:
             await nursery.start(backend.track_quorum)
         except (CorosyncError, ClogfsError) as exc:
-            raise StartupError(f"--cluster corosync: cannot track quorum ({exc}); use "
-                               "--no-quorum to run without it", ExitCode.CLUSTER) from exc
+            raise StartupError(
+                f"--cluster corosync: cannot track quorum ({exc}); use "
+                "--no-quorum to run without it",
+                ExitCode.CLUSTER,
+            ) from exc
     nursery.start_soon(backend.watch_presence, presence)
     return backend
 
@@ -208,26 +216,40 @@ async def run_daemon(config: DaemonConfig) -> ExitCode:
             try:
                 presence = await stack.enter_async_context(open_cpg_group(PRESENCE_GROUP))
             except CorosyncError as exc:
-                raise StartupError(f"--cluster corosync: corosync is not available ({exc}); "
-                                   "is corosync running on this host?", ExitCode.CLUSTER) from exc
+                raise StartupError(
+                    f"--cluster corosync: corosync is not available ({exc}); "
+                    "is corosync running on this host?",
+                    ExitCode.CLUSTER,
+                ) from exc
             node_id = presence.node_id
-            log.info("cluster mode: corosync node id %d, quorum %s", node_id,
-                     "enforced" if config.enforce_quorum else "not enforced (--no-quorum)")
+            log.info(
+                "cluster mode: corosync node id %d, quorum %s",
+                node_id,
+                "enforced" if config.enforce_quorum else "not enforced (--no-quorum)",
+            )
         try:
             conn = await stack.enter_async_context(open_connector_socket(config.kernel_port))
         except OSError as exc:
-            raise StartupError(f"cannot open the netlink connector socket: {exc}",
-                               ExitCode.NETLINK) from exc
+            raise StartupError(
+                f"cannot open the netlink connector socket: {exc}", ExitCode.NETLINK
+            ) from exc
         if config.kernel_port == 0:
             others = other_group_listeners(conn.port_id)
             if others:
                 raise StartupError(
                     "another process listens on the dm-log connector group (netlink port "
                     f"{', '.join(map(str, others))}); two daemons would both answer the kernel",
-                    ExitCode.LISTENER)
-        log.info("clogfsd %s: netlink port %d, connector group 7, requests accepted from port %d "
-                 "(%s), protocol %s", __version__, conn.port_id, config.kernel_port,
-                 "the kernel" if config.kernel_port == 0 else "emulator", config.protocol)
+                    ExitCode.LISTENER,
+                )
+        log.info(
+            "clogfsd %s: netlink port %d, connector group 7, requests accepted from port %d "
+            "(%s), protocol %s",
+            __version__,
+            conn.port_id,
+            config.kernel_port,
+            "the kernel" if config.kernel_port == 0 else "emulator",
+            config.protocol,
+        )
         async with trio.open_nursery() as nursery:
             registry = LogRegistry(node_id=node_id)
             metrics = Metrics()
@@ -240,19 +262,28 @@ async def run_daemon(config: DaemonConfig) -> ExitCode:
                 for handle in view_handle:
                     handle.logs_changed()  # type: ignore[attr-defined]
 
-            service = LogService(registry, conn, metrics, nursery,
-                                 protocol_mode=config.protocol, private_dir=config.runtime_dir,
-                                 on_logs_changed=logs_changed, cluster=cluster)
+            service = LogService(
+                registry,
+                conn,
+                metrics,
+                nursery,
+                protocol_mode=config.protocol,
+                private_dir=config.runtime_dir,
+                on_logs_changed=logs_changed,
+                cluster=cluster,
+            )
             await nursery.start(serve_endpoint, conn, service.on_message, service.on_rejected)
             if config.mount is not None:
                 from clogfs.daemon_view import start_view
 
                 try:
                     view_handle.append(
-                        await start_view(nursery, service, metrics, config, started_at))
+                        await start_view(nursery, service, metrics, config, started_at)
+                    )
                 except OSError as exc:
-                    raise StartupError(f"cannot mount the view at {config.mount}: {exc}",
-                                       ExitCode.MOUNT) from exc
+                    raise StartupError(
+                        f"cannot mount the view at {config.mount}: {exc}", ExitCode.MOUNT
+                    ) from exc
             await nursery.start(watch_signals, service, nursery.cancel_scope)
             sd_notify("READY=1")
             log.info("ready")

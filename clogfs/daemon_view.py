@@ -47,13 +47,20 @@ class ServiceViewSource:
         )
 
 
-async def start_view(nursery: trio.Nursery, service: LogService, metrics: Metrics,
-                     config: DaemonConfig, started_at: float) -> ViewHandle:
+async def start_view(
+    nursery: trio.Nursery,
+    service: LogService,
+    metrics: Metrics,
+    config: DaemonConfig,
+    started_at: float,
+) -> ViewHandle:
     """Mount the view at ``config.mount`` in ``nursery``; returns once it is mounted."""
     mountpoint = config.mount
     assert mountpoint is not None
     source = ServiceViewSource(service, metrics, started_at)
     handle: ViewHandle = await nursery.start(
-        lambda task_status: serve_view(source, mountpoint, allow_other=config.mount_allow_other,
-                                       task_status=task_status))
+        lambda task_status: serve_view(
+            source, mountpoint, allow_other=config.mount_allow_other, task_status=task_status
+        )
+    )
     return handle

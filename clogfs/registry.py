@@ -263,6 +263,20 @@ class LogRegistry:
 
     # -- handling ----------------------------------------------------------------------------
 
+    def forget(self, instance: LogInstance) -> None:
+        """Unregister ``instance`` once something other than :meth:`handle` destroyed it.
+
+        The cluster replica applies a member's DTR to the instance itself; this is how the
+        registry learns of it.
+
+        Raises:
+            LocalProtocolError: the instance is not destroyed (it would still be live).
+        """
+        if instance.lifecycle is not Lifecycle.DESTROYED:
+            raise LocalProtocolError(f"forget() of a live log {instance.config.uuid!r}")
+        if self._instances.get(instance.key) is instance:
+            del self._instances[instance.key]
+
     def handle(self, instance: LogInstance, request: LogRequest) -> Reply | AwaitCommit | AwaitLoad:
         """Apply the cross-instance rules, then ``instance.handle``.
 

@@ -20,7 +20,6 @@ changes.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import logging
 import time
@@ -170,9 +169,7 @@ class InstanceQueue:
     """The FIFO of one log instance."""
 
     busy: bool = False
-    pending: collections.deque[tuple[Ticket, LogRequest]] = field(
-        default_factory=collections.deque
-    )
+    pending: collections.deque[tuple[Ticket, LogRequest]] = field(default_factory=collections.deque)
 
 
 @dataclass
@@ -260,15 +257,20 @@ class LogService:
         protocol = classify(payload)
         if protocol is None:
             if self._warn.allow("shape"):
-                log.warning("malformed dm-log request (neither ulog nor take-5 shape), cn seq %d: "
-                            "%s", msg.seq, payload[:64].hex(" "))
+                log.warning(
+                    "malformed dm-log request (neither ulog nor take-5 shape), cn seq %d: %s",
+                    msg.seq,
+                    payload[:64].hex(" "),
+                )
             self._bare_ack(msg.seq)
             return
         if self.protocol_mode != "auto" and protocol.value != self.protocol_mode:
             if self._warn.allow("mismatch"):
-                log.warning("protocol mismatch: %s request while --protocol %s",
-                            "take-5" if protocol is Protocol.TAKE5 else "mainline",
-                            self.protocol_mode)
+                log.warning(
+                    "protocol mismatch: %s request while --protocol %s",
+                    "take-5" if protocol is Protocol.TAKE5 else "mainline",
+                    self.protocol_mode,
+                )
             self._bare_ack(msg.seq)
             return
         try:
@@ -281,16 +283,19 @@ class LogService:
         self._note_protocol(header)
         rtype = request_type_of(header.request_type)
         if rtype is None:
-            log.warning("[%s] unknown request type %d (seq %d)", uuid_text(header.uuid)[-8:],
-                        header.request_type, header.seq)
+            log.warning(
+                "[%s] unknown request type %d (seq %d)",
+                uuid_text(header.uuid)[-8:],
+                header.request_type,
+                header.seq,
+            )
             self._send(encode_reply(header, error=-errno.EINVAL, nlmsg_pid=self.conn.port_id))
             return
         ticket = Ticket(header, rtype, arrived, time.time(), ())
         try:
             args = decode_payload(rtype, data, protocol)
         except KernelProtocolError as exc:
-            log_for(header.uuid).warning("bad %s payload (seq %d): %s", rtype.name, header.seq,
-                                         exc)
+            log_for(header.uuid).warning("bad %s payload (seq %d): %s", rtype.name, header.seq, exc)
             self._finish(ticket, Reply(error=-exc.errno))
             return
         ticket.regions = _regions_of(args)
@@ -327,8 +332,11 @@ class LogService:
             if self.detected_protocol == "auto":
                 log.info("kernel speaks the %s wire format", name)
             elif self._warn.allow("protocol-switch"):
-                log.warning("kernel wire format changed from %s to %s (module swapped?)",
-                            self.detected_protocol, name)
+                log.warning(
+                    "kernel wire format changed from %s to %s (module swapped?)",
+                    self.detected_protocol,
+                    name,
+                )
             self.detected_protocol = name
 
     # ---------------------------------------------------------------- applying
@@ -395,8 +403,9 @@ class LogService:
         except LogDeviceError as exc:
             log_for(instance.config.uuid).error("cannot write the log device: %s", exc)
             ok = False
-        self.metrics.observe_write(self._name(instance), nbytes=nbytes,
-                                   latency_s=trio.current_time() - started, ok=ok)
+        self.metrics.observe_write(
+            self._name(instance), nbytes=nbytes, latency_s=trio.current_time() - started, ok=ok
+        )
         return ok, flush_ok
 
     async def read_log(self, instance: LogInstance, nbytes: int) -> bytes | None:
@@ -406,7 +415,8 @@ class LogService:
         except LogDeviceError as exc:
             dev = instance.device.dev_number if instance.device else "?"
             log_for(instance.config.uuid).error(
-                "%s: Failed to read header on dirty region log device (%s)", dev, exc)
+                "%s: Failed to read header on dirty region log device (%s)", dev, exc
+            )
             return None
 
     def _deliver(self, delivery: Delivery) -> None:
@@ -426,7 +436,8 @@ class LogService:
             return Reply(error=negative_errno(exc))
         except Exception:
             log_for(instance.config.uuid).exception(
-                "bug while handling %s; this log is marked failed", request.request_type.name)
+                "bug while handling %s; this log is marked failed", request.request_type.name
+            )
             mark_failed = getattr(instance, "mark_failed", None)
             if callable(mark_failed):
                 mark_failed()
@@ -480,7 +491,9 @@ class LogService:
         except LogDeviceError as exc:
             log_for(instance.config.uuid).error(
                 "%s: Failed to read header on dirty region log device (%s)",
-                instance.device.dev_number, exc)
+                instance.device.dev_number,
+                exc,
+            )
             data = None
         before = instance.state.device_state
         outcome = instance.load(data)
@@ -488,7 +501,10 @@ class LogService:
         if data is not None and after != before:  # read fine, header refused (format.md §3)
             log_for(instance.config.uuid).error(
                 "%s: incompatible disk log version %d; log device state %s",
-                instance.device.dev_number, decode_header(data).version, after)
+                instance.device.dev_number,
+                decode_header(data).version,
+                after,
+            )
             self.metrics.observe_device_failure(self._name(instance), after)
         return outcome
 
@@ -512,27 +528,27 @@ class LogService:
                     verb = "flush" if exc.flush_failed else "write"
                     log_for(instance.config.uuid).error(
                         "%s: Failed to %s header on dirty region log device (%s); log device "
-                        "state %s", instance.device.dev_number, verb, exc, after)
+                        "state %s",
+                        instance.device.dev_number,
+                        verb,
+                        exc,
+                        after,
+                    )
                     self.metrics.observe_device_failure(self._name(instance), after)
             else:
                 instance.end_write(write, ok=True)
-            self.metrics.observe_write(self._name(instance), nbytes=nbytes,
-                                       latency_s=trio.current_time() - started, ok=ok)
+            self.metrics.observe_write(
+                self._name(instance), nbytes=nbytes, latency_s=trio.current_time() - started, ok=ok
+            )
         for t, reply in waiters:
             if t.request_type is RequestType.FLUSH:
                 self.metrics.observe_flush(self._name(instance))
             self._finish(t, reply if ok else Reply(error=-errno.EIO))
 
     def _unregister_destroyed(self, instance: LogInstance) -> None:
-        """A DTR applied by the replica destroyed the instance: drop it from the registry.
-
-        ``LogRegistry.handle`` removes an instance it finds destroyed; a request to a destroyed
-        instance is refused, so this changes nothing else.
-        """
-        if instance.lifecycle is Lifecycle.DESTROYED and self.registry.get(instance.key):
-            with contextlib.suppress(ClogfsError):
-                self.registry.handle(instance, LogRequest(RequestType.DTR, None,
-                                                          self.registry.node_id))
+        """A DTR applied by the replica destroyed the instance: drop it from the registry."""
+        if instance.lifecycle is Lifecycle.DESTROYED:
+            self.registry.forget(instance)
 
     def _after(self, instance: LogInstance) -> None:
         """Clean up after a request that destroyed its instance."""
@@ -573,7 +589,8 @@ class LogService:
         try:
             self.private_dir.mkdir(parents=True, exist_ok=True)
             device = await trio.to_thread.run_sync(
-                lambda: LogDevice.open(word, private_dir=self.private_dir))
+                lambda: LogDevice.open(word, private_dir=self.private_dir)
+            )
         except (LogDeviceError, OSError) as exc:
             log_for(ticket.header.uuid).error("CTR: cannot open log device %s: %s", word, exc)
             self._finish(ticket, Reply(error=negative_errno(exc)))
@@ -584,8 +601,9 @@ class LogService:
             await device.aclose()
         else:
             shared = SharedDevice(device)
-        dev_info = DeviceInfo(info.name, info.dev_number, info.identity,
-                              info.logical_block_size, info.size_bytes)
+        dev_info = DeviceInfo(
+            info.name, info.dev_number, info.identity, info.logical_block_size, info.size_bytes
+        )
         instance = self._construct(ticket, plan, dev_info)
         if instance is None:
             if not shared.users:
@@ -595,8 +613,9 @@ class LogService:
         shared.users.add(instance.key)
         self._device_of[instance.key] = info.identity
 
-    def _construct(self, ticket: Ticket, plan: Any, device: DeviceInfo | None
-                   ) -> LogInstance | None:
+    def _construct(
+        self, ticket: Ticket, plan: Any, device: DeviceInfo | None
+    ) -> LogInstance | None:
         """Create (or find, for a repeated CTR) the instance and answer the CTR."""
         header = ticket.header
         try:
@@ -608,12 +627,17 @@ class LogService:
         self._queues.setdefault(instance.key, InstanceQueue())
         is_new = instance.key not in self._names
         if is_new:
-            self._names[instance.key] = instance_name(instance.config.uuid, instance.key[2],
-                                                      shared=True)
+            self._names[instance.key] = instance_name(
+                instance.config.uuid, instance.key[2], shared=True
+            )
             log_for(instance.config.uuid).info(
                 "constructed %s log (%s, luid %d): %d regions of %d sectors",
-                instance.config.log_type.value, instance.config.protocol.value, instance.key[2],
-                instance.config.region_count, instance.config.region_size)
+                instance.config.log_type.value,
+                instance.config.protocol.value,
+                instance.key[2],
+                instance.config.region_count,
+                instance.config.region_size,
+            )
             self.on_logs_changed()
         ticket.log_name = self._names[instance.key]
         self._finish(ticket, Reply(result=reply))
@@ -632,13 +656,20 @@ class LogService:
             try:
                 data = encode_result(ticket.request_type, reply.result, header.protocol)
             except ClogfsError as exc:
-                log_for(header.uuid).error("cannot encode %s reply: %s",
-                                           ticket.request_type.name, exc)
+                log_for(header.uuid).error(
+                    "cannot encode %s reply: %s", ticket.request_type.name, exc
+                )
                 error = -errno.EIO
         self._send(encode_reply(header, error=error, data=data, nlmsg_pid=self.conn.port_id))
         self.metrics.observe_request(
-            ticket.log_name, ticket.request_type.name, seq=header.seq, regions=ticket.regions,
-            result=error, arrived=ticket.wall, latency_s=trio.current_time() - ticket.arrived)
+            ticket.log_name,
+            ticket.request_type.name,
+            seq=header.seq,
+            regions=ticket.regions,
+            result=error,
+            arrived=ticket.wall,
+            latency_s=trio.current_time() - ticket.arrived,
+        )
 
     def _send(self, datagram: bytes) -> None:
         self.conn.send(datagram)
@@ -664,9 +695,12 @@ class LogService:
             name = self._names.get(instance.key)
             if name is not None:
                 members = self.cluster.members(instance.key) if self.cluster else None
-                snap = replace(snap, history=self.metrics.history(name),
-                               stats=self.metrics.stats(name),
-                               members=members or self.group.members(instance.key))
+                snap = replace(
+                    snap,
+                    history=self.metrics.history(name),
+                    stats=self.metrics.stats(name),
+                    members=members or self.group.members(instance.key),
+                )
             out.append(snap)
         return out
 
@@ -683,8 +717,11 @@ class LogService:
                 f"[{uuid_text(instance.config.uuid)[-8:]}] luid {instance.key[2]} "
                 f"{instance.config.protocol.value} {instance.lifecycle.name.lower()} "
                 f"{instance.status_info()!r} sync {instance.state.sync_count}/"
-                f"{instance.config.region_count} queued {len(q.pending) if q else 0}")
+                f"{instance.config.region_count} queued {len(q.pending) if q else 0}"
+            )
         c = self.conn.counters
-        lines.append(f"endpoint: {c.datagrams} datagrams, {c.foreign_sender} from other ports, "
-                     f"{c.rejected} rejected, {c.overflows} overflows, {c.send_errors} send errors")
+        lines.append(
+            f"endpoint: {c.datagrams} datagrams, {c.foreign_sender} from other ports, "
+            f"{c.rejected} rejected, {c.overflows} overflows, {c.send_errors} send errors"
+        )
         return lines

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from clogfs.errors import KernelProtocolError, UnknownLogError
+from clogfs.errors import KernelProtocolError, LocalProtocolError, UnknownLogError
 from clogfs.log.instance import AwaitCommit, AwaitLoad, DeviceInfo, Lifecycle, LogInstance, Reply
 from clogfs.netlink.requests import CtrPayload, RequestType
 from clogfs.netlink.wire import Protocol, RequestHeader
@@ -182,6 +182,23 @@ def test_dtr_removes_the_instance() -> None:
     assert registry.instances() == []
     assert not registry.live()
     assert registry.get(instance.key) is None
+
+
+def test_forget_unregisters_an_instance_destroyed_elsewhere() -> None:
+    registry = LogRegistry()
+    instance, _ = ctr(registry, CORE)
+    instance.handle(req(RT.DTR))  # as the cluster replica applies a member's DTR
+    assert registry.get(instance.key) is instance
+    registry.forget(instance)
+    assert registry.get(instance.key) is None
+
+
+def test_forget_refuses_a_live_instance() -> None:
+    registry = LogRegistry()
+    instance, _ = ctr(registry, CORE)
+    with pytest.raises(LocalProtocolError):
+        registry.forget(instance)
+    assert registry.get(instance.key) is instance
 
 
 def test_resume_while_another_instance_is_resumed_is_ebusy() -> None:
