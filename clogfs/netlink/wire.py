@@ -92,6 +92,11 @@ class Protocol(enum.Enum):
     ULOG = "ulog"  # mainline struct dm_ulog_request, 160 bytes
     TAKE5 = "take5"  # seed struct dm_clog_request, 152 bytes
 
+    # Members are singletons compared by identity, so the identity hash is consistent with
+    # equality; Enum's own __hash__ (of the name) is a Python call on every dict lookup of a
+    # log key, several per request.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -299,8 +304,13 @@ def classify(payload: bytes) -> Protocol | None:
         The format whose shape the payload has, or None if it has neither (or, impossibly,
         both: the message is then malformed rather than guessed at).
     """
-    shapes = [p for p in Protocol if _shape_problem(payload, p) is None]
-    return shapes[0] if len(shapes) == 1 else None
+    if len(payload) < DM_CLOG_REQUEST_SIZE:
+        return None
+    (word,) = _U32.unpack_from(payload, 144)
+    # The word alone picks the only candidate (0: mainline error; 1..255: take-5 type), so
+    # "both shapes" cannot happen and only one shape is checked.
+    candidate = Protocol.ULOG if word == 0 else Protocol.TAKE5
+    return candidate if _shape_problem(payload, candidate) is None else None
 
 
 def decode_request(payload: bytes, protocol: Protocol) -> tuple[RequestHeader, bytes]:
