@@ -23,10 +23,12 @@ Rules
    originator, RESUME unhalts it, POSTSUSPEND and DTR are its orderly departure). The
    originator answers its kernel when its own ``REQUEST`` has been applied: one multicast per
    request. Refusals (a region out of range) are the same on every member and answered with
-   their errno; nothing changes.
+   their errno; nothing changes. A request delivered after its originator's own departure
+   changes nothing on any member; the originator answers it from its own copy (§2.3).
 3. **Leader.** The leader writes the log device and sends checkpoints. The first member is
    the leader; when the leader leaves the group, the member holding the state with the lowest
-   node id becomes leader. A node that joins later with a lower id does not take over while
+   node id becomes leader, or if none is left the lowest departing member still in the group
+   (rule 8). A node that joins later with a lower id does not take over while
    the leader lives: a live hand-over would let the old leader's write in flight land after
    the new leader's (decision; the spec's "lowest node id" holds whenever a leader is chosen).
 4. **Durability (disk logs).** After applying a FLUSH, POSTSUSPEND or DTR (anyone's), the
@@ -66,13 +68,18 @@ Rules
    its checkpoint, the joiner answers RESUME ``-EIO`` and leaves (open point: the next RESUME
    then finds a first member again).
 8. **Departure.** Own POSTSUSPEND or DTR delivered: the departure is applied, the replica
-   stops applying others' steps, waits for its answers (a leader still writes the state up to
-   its departure), then emits :class:`Leave`. Another node's POSTSUSPEND/DTR: its marks stay
-   parked, its assignment goes to the front of ``priority``, its halt is removed. A node
-   that leaves the group without one (any CPG reason) crashed: its marked regions go out of
-   sync, the sticky flag is cleared, its assignment is released; several in one change are
-   handled in node order. Requests the kernel sends after its POSTSUSPEND go to the local copy
-   only (semantics.md §2.3), with a warning.
+   waits for its answers, then emits :class:`Leave`. A departing leader stops applying steps
+   and writes the state up to its departure (a departure delivered after that is covered by
+   the next leader's take-over). A departing non-leader keeps applying every step to the
+   replicated state (not through its no longer resumed instance), so when the leader leaves
+   and no member holding the state is left (all members suspending at once), the lowest
+   departing member takes over, writes the whole state and answers the departures still
+   waiting; it sends no checkpoints (a joiner then fails, rule 7). Another node's
+   POSTSUSPEND/DTR: its marks stay parked, its assignment goes to the front of ``priority``,
+   its halt is removed. A node that leaves the group without one (any CPG reason) crashed:
+   its marked regions go out of sync, the sticky flag is cleared, its assignment is released;
+   several in one change are handled in node order. Requests the kernel sends after its
+   POSTSUSPEND go to the local copy only (semantics.md §2.3), with a warning.
 9. **Failure.** A bug while applying a step, or an unusable checkpoint, answers every open
    request ``-EIO`` (RESUME: ``-EINVAL`` for a checkpoint of another geometry), warns and
    leaves; the others then see a crash, which is the conservative outcome.
@@ -115,7 +122,7 @@ from clogfs.errors import negative_errno as _negative_errno
 from clogfs.log.ctr import LogType, SyncMode
 from clogfs.log.instance import AwaitLoad, LogInstance, LogRequest, Reply, WriteLog
 from clogfs.log.regions import DEVICE_ALIVE
-from clogfs.netlink.requests import RequestType
+from clogfs.netlink.requests import RemoteRecovering, RequestType, ResyncWork, SetRegionSync
 
 
 class LeftReason(enum.IntEnum):
@@ -436,14 +443,17 @@ class Replica:
 
     def _late_request(self, event: LocalRequest) -> None:
         """A request after this node's departure: local copy only (semantics.md §2.3)."""
-        name = event.request.request_type.name
+        self._emit(Answer(event.token, self._local_only(event.request)))
+
+    def _local_only(self, request: LogRequest) -> Reply:
+        """Apply this node's request to its own copy only, with a warning (§2.3)."""
+        name = request.request_type.name
         self._emit(Warn(f"{name} after this node left the group: applied locally only"))
         try:
-            outcome = self.instance.handle(event.request)
+            outcome = self.instance.handle(request)
         except ClogfsError as exc:
-            self._emit(Answer(event.token, Reply(error=_negative_errno(exc))))
-            return
-        self._emit(Answer(event.token, outcome if isinstance(outcome, Reply) else Reply()))
+            return Reply(error=_negative_errno(exc))
+        return outcome if isinstance(outcome, Reply) else Reply()
 
     # -- ordered steps ---------------------------------------------------------------------
 
@@ -623,6 +633,12 @@ class Replica:
             return
         mine = message.originator == self.node_id
         request = LogRequest(message.request_type, message.args, message.originator)
+        if message.originator in self.departed:
+            # sent before its sender's departure was delivered: that instance is no longer
+            # resumed, so the request acts on the sender's own copy only (semantics.md §2.3)
+            if mine:
+                self._answer(message.token, self._local_only(request))
+            return
         kind = message.request_type
         state = self.instance.state
         try:
@@ -640,8 +656,10 @@ class Replica:
                 self.departed.add(message.originator)
                 state.members = frozenset(self.synced)
                 outcome = Reply()
-            else:
+            elif self.phase is Phase.SYNCED:
                 outcome = self.instance.handle(request)
+            else:
+                outcome = self._apply_to_state(request)
         except KernelProtocolError as exc:
             if mine:
                 self._answer(message.token, Reply(error=_negative_errno(exc)))
@@ -651,6 +669,7 @@ class Replica:
         if mine:
             if kind in _DEPARTURES:
                 self.synced.discard(self.node_id)
+                self.departed.add(self.node_id)
                 state.members = frozenset(self.synced)
                 self.instance.copy_current = not self.synced
             if kind in _DURABLE_KINDS:
@@ -661,6 +680,43 @@ class Replica:
         if mine and kind in _DEPARTURES:
             self._enter(Phase.DEPARTING)
             self._confirm()
+
+    def _apply_to_state(self, request: LogRequest) -> Reply:
+        """A data-path request applied to the replicated state by a departing member.
+
+        Its instance is no longer resumed (semantics.md §2.3 would answer GET_RESYNC_WORK
+        ``{0, 0}`` without assigning), but the member keeps applying the group's steps exactly
+        as the members holding the state do, so it can take over as leader (rule 8).
+
+        Raises:
+            KernelProtocolError: refused (a region out of range); nothing changed.
+            ClusterProtocolError: arguments of the wrong shape.
+        """
+        state = self.instance.state
+        kind = request.request_type
+        args = request.args
+        node = request.originator
+        if kind in (RequestType.MARK_REGION, RequestType.CLEAR_REGION, RequestType.FLUSH):
+            regions = () if args is None else args
+            if not isinstance(regions, tuple):
+                raise ClusterProtocolError(f"{kind.name} with arguments {args!r}")
+            if not regions and kind is not RequestType.FLUSH:
+                raise KernelProtocolError(f"{kind.name} without regions")
+            if kind is RequestType.CLEAR_REGION:
+                state.clear(regions, node)
+            elif regions:
+                state.mark(regions, node)
+            return Reply()
+        if kind is RequestType.SET_REGION_SYNC and isinstance(args, SetRegionSync):
+            state.set_region_sync(args.region, args.in_sync, node)
+            return Reply()
+        if kind is RequestType.GET_RESYNC_WORK:
+            assign, region = state.get_resync_work(node)
+            return Reply(ResyncWork(int(assign), region))
+        if kind is RequestType.IS_REMOTE_RECOVERING and isinstance(args, int):
+            recovering, hint = state.is_remote_recovering(args, node)
+            return Reply(RemoteRecovering(int(recovering), hint))
+        raise ClusterProtocolError(f"{kind.name} with arguments {args!r}")
 
     def _apply_join(self, sender: int, message: Join) -> None:
         if sender != message.node or message.node in self.synced:
@@ -719,7 +775,9 @@ class Replica:
                 )
         state.members = frozenset(self.synced)
         if self.leader in gone:
-            self.leader = min(self.synced)
+            # departed members still in the group hold the state too (rule 8)
+            holders = self.synced or self.departed
+            self.leader = min(holders) if holders else None
             if self.is_leader:
                 self._take_over()
 
@@ -730,6 +788,8 @@ class Replica:
             self.instance.state.mark_all_pending()
             self._commit_wanted = True
             self._kick()
+        if self.phase is not Phase.SYNCED:
+            return  # a departing leader stops applying steps: it serves no join
         for join in sorted(self.joins.values(), key=lambda j: j.join_index):
             self._send_checkpoint(join)
 
@@ -756,6 +816,9 @@ class Replica:
     # -- departing (rule 8) ------------------------------------------------------------------
 
     def _departing_step(self, event: Delivered | Membership) -> None:
+        if not self.is_leader:
+            self._apply(event)  # may have to take over from a leader that leaves (rule 8)
+            return
         if isinstance(event, Membership):
             self.members = event.members
             gone = {node for node, _reason in event.left}

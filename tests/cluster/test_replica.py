@@ -318,6 +318,64 @@ def test_leader_suspending_writes_its_state_before_answering() -> None:
     assert h.leader() == 2
 
 
+@pytest.mark.parametrize("departure", [RT.POSTSUSPEND, RT.DTR])
+def test_all_members_departing_at_once_are_answered_after_a_durable_final_state(
+    departure: RequestType,
+) -> None:
+    h = ClusterHarness(3, sync_mode=SyncMode.NOSYNC)
+    for node_id, region in ((1, 3), (2, 4), (3, 5)):
+        flushed_mark(h, node_id, region)
+        h.request(node_id, RT.CLEAR_REGION, (region,))  # lazy: reaches the disk at a suspend
+    posts = {node_id: h.request(node_id, departure) for node_id in (1, 2, 3)}
+    h.run()
+    assert {n: h.answer(n, t) for n, t in posts.items()} == {1: OK, 2: OK, 3: OK}
+    assert all(h.disk_clean(region) for region in (3, 4, 5))  # the last clear is durable
+    assert all(node.replica is None for node in h.nodes.values())
+
+
+def test_departing_member_takes_over_from_a_leader_that_left_before_its_departure() -> None:
+    h = ClusterHarness(3, sync_mode=SyncMode.NOSYNC)
+    _pre, first = h.suspend(1)
+    h.run()  # the leader has left; node 2 leads
+    flushed_mark(h, 3, 6)
+    h.request(3, RT.CLEAR_REGION, (6,))
+    posts = {node_id: h.suspend(node_id)[1] for node_id in (2, 3)}
+    while h.deliver():  # both departures applied while node 2's own write is in flight
+        pass
+    h.run()
+    assert h.answer(1, first) == OK
+    assert {n: h.answer(n, t) for n, t in posts.items()} == {2: OK, 3: OK}
+    assert h.disk_clean(6)
+
+
+def test_departing_member_keeps_applying_the_groups_steps() -> None:
+    h = ClusterHarness(3)
+    h.suspend(2)
+    h.request(3, RT.GET_RESYNC_WORK)
+    h.request(3, RT.MARK_REGION, (9,))
+    for _ in range(4):  # node 2 departs first; the leader's DURABLE follows node 3's requests
+        h.deliver()
+    node2 = h.nodes[2]
+    assert node2.replica is not None
+    assert node2.replica.phase is Phase.DEPARTING
+    state = h.nodes[1].instance.state
+    assert state.recovering == (0, 3)
+    assert state.marks == {9: {3}}
+    assert node2.instance.state.export_fields() == state.export_fields()
+    assert node2.replica.index == h.nodes[1].replica.index  # type: ignore[union-attr]
+
+
+def test_request_delivered_after_its_senders_departure_assigns_no_work() -> None:
+    h = ClusterHarness(3)
+    h.suspend(2)
+    work = h.request(2, RT.GET_RESYNC_WORK)  # multicast before the POSTSUSPEND is delivered
+    flush = h.request(1, RT.FLUSH, (0,))
+    h.run()
+    assert h.answer(2, work) == Reply(ResyncWork(0, 0))
+    assert h.nodes[1].instance.state.recovering is None
+    assert h.answer(1, flush) == OK  # not gated by an assignment to a departed node
+
+
 # --- quorum and gating --------------------------------------------------------------------
 
 
@@ -631,7 +689,7 @@ OPS = st.lists(
 )
 
 
-def _step(h: ClusterHarness, op: str, node_id: int, arg: int) -> None:
+def _step(h: ClusterHarness, op: str, node_id: int, arg: int, parked: set[int]) -> None:
     node = h.nodes[node_id]
     busy = node.replica is not None and node.replica.phase is Phase.DEPARTING
     if op == "deliver":
@@ -647,6 +705,10 @@ def _step(h: ClusterHarness, op: str, node_id: int, arg: int) -> None:
             h.resume(node_id)
     elif op == "crash":
         if node.replica is not None:
+            if busy:  # its departure was delivered to every member: its marks stay parked
+                parked.add(node_id)
+            else:
+                parked.discard(node_id)
             h.crash(node_id, land_writes=bool(arg))
     elif not node.synced or busy:
         return
@@ -668,6 +730,14 @@ def _step(h: ClusterHarness, op: str, node_id: int, arg: int) -> None:
         h.suspend(node_id)
 
 
+def _check_no_crashed_marks(h: ClusterHarness, parked: set[int]) -> None:
+    """``check_no_crashed_marks``, except for nodes whose departure preceded their crash."""
+    crashed = h.crashed - parked
+    for node in h.synced_nodes():
+        for region, holders in node.instance.state.marks.items():
+            assert not holders & crashed, f"region {region} marked by crashed {holders}"
+
+
 @settings(
     max_examples=int(os.environ.get("CLOGFS_HYPOTHESIS_EXAMPLES", "150")),
     deadline=None,
@@ -678,10 +748,11 @@ def test_random_interleavings_keep_members_identical_and_the_disk_safe(
     ops: list[tuple[str, int, int]], log_type: LogType
 ) -> None:
     h = ClusterHarness(4, region_count=16, log_type=log_type, message_limit=300)
+    parked: set[int] = set()  # crashed after an orderly departure (semantics.md §6.3)
     for op, node_id, arg in ops:
-        _step(h, op, node_id, arg)
+        _step(h, op, node_id, arg, parked)
         h.check_disk()
-        h.check_no_crashed_marks()
+        _check_no_crashed_marks(h, parked)
     h.run()
     for node in h.synced_nodes():  # recoveries finish, so gated FLUSHes (§6.4) can be answered
         if node.assigned is not None and node.replica and node.replica.phase is Phase.SYNCED:
@@ -689,7 +760,7 @@ def test_random_interleavings_keep_members_identical_and_the_disk_safe(
             node.assigned = None
     h.run()
     h.check_agreement()
-    h.check_no_crashed_marks()
+    _check_no_crashed_marks(h, parked)
     for node in h.synced_nodes():
         check_invariants(node.instance.state)
     for node in h.nodes.values():
