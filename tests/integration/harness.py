@@ -101,6 +101,7 @@ async def run_clogfsd(
     args: Sequence[str] = (),
     mount: Path | None = None,
     ready_timeout: float = 15.0,
+    command: Sequence[str] = CLOGFSD,
 ) -> AsyncIterator[Daemon]:
     """Start clogfsd, wait for READY=1, yield it; kill it (SIGKILL) if still running at exit."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ async def run_clogfsd(
     notify.setblocking(False)
     stderr_path = tmp_path / "clogfsd.stderr"
     argv = [
-        *CLOGFSD,
+        *command,
         "--kernel-port",
         str(kernel_port),
         "--lock-file",

@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import struct
+import sys
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,3 +200,32 @@ async def test_protocol_keeps_answering_while_view_reader_loops(viewrig: tuple[R
         f"worst IN_SYNC latency while a reader loops over a 2**24-region log: {worst * 1e3:.1f} ms"
     )
     assert worst < 1.0
+
+
+async def test_a_failing_view_handler_never_reaches_the_protocol(tmp_path: Path) -> None:
+    from clogfs.netlink.emulator import open_kernel_emulator
+    from tests.integration import broken_view_clogfsd
+    from tests.integration.harness import run_clogfsd
+
+    mount = tmp_path / "view"
+    command = [sys.executable, broken_view_clogfsd.__file__]
+    async with (
+        open_kernel_emulator() as emu,
+        run_clogfsd(tmp_path / "d", kernel_port=emu.port_id, mount=mount, command=command) as d,
+    ):
+        assert (await emu.request(T.CTR, b"VIEW-BROKEN", luid=1, data=CTR)).error == 0
+        assert (await emu.request(T.RESUME, b"VIEW-BROKEN", luid=1)).error == 0
+        stats = mount / "VIEW-BROKEN" / "stats"
+        for region in range(5):
+            with pytest.raises(OSError, match="Input/output error") as info:
+                await trio.to_thread.run_sync(stats.read_bytes)
+            assert info.value.errno == errno.EIO
+            reply = await emu.request(T.MARK_REGION, b"VIEW-BROKEN", luid=1, data=u64(region))
+            assert reply.error == 0
+            assert (await emu.request(T.FLUSH, b"VIEW-BROKEN", luid=1)).error == 0
+        assert read(mount / "VIEW-BROKEN" / "dirty").split() == ["0-4"]
+        assert d.process.poll() is None
+        text = d.stderr()
+        assert "broken on purpose" in text
+        assert text.count("Traceback") == 5  # one log record per failed read, nothing more
+        await emu.request(T.DTR, b"VIEW-BROKEN", luid=1)
