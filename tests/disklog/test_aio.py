@@ -324,10 +324,12 @@ def test_dsync_writes_to_an_ext4_file_are_asynchronous(tmp_path: Path) -> None:
     mountinfo = Path("/proc/self/mountinfo").read_text()
     if filesystem_type(mountinfo, image.stat().st_dev) != "ext4":
         pytest.skip("the temporary directory is not on ext4")
-    # A flush of the disk's volatile cache takes far longer than io_submit returning.
-    assert completed_at_submit(image) < TRIALS // 2
+    # A synchronous io_submit would have every write done when it returns; an asynchronous
+    # one leaves some in flight. How many depends on the load and the disk (a loaded 2-core
+    # machine saw 31 of 40 done early), so only "not all of them" is a property.
+    assert completed_at_submit(image) < TRIALS
 
 
 @pytest.mark.root
 def test_dsync_writes_to_a_loop_device_are_asynchronous(loop_device: Path) -> None:
-    assert completed_at_submit(loop_device) < TRIALS // 2
+    assert completed_at_submit(loop_device) < TRIALS  # as above: some still in flight

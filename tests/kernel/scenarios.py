@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -439,7 +440,7 @@ def crash_writes(ctx: Context) -> Result:
 
     Writes its result file first: the machine is gone when this "returns".
     """
-    ctx.ensure_daemon()
+    daemon = ctx.ensure_daemon()
     r: Result = {}
     where = ctx.out / "crash"
     where.mkdir(exist_ok=True)
@@ -470,7 +471,21 @@ def crash_writes(ctx: Context) -> Result:
         seen[:] = found
         return bool(found)
 
-    r["dirty_seen_before_stop"] = wait_until(dirty_on_disk, timeout=60, interval=0.05)
+    def frozen_dirty() -> bool:
+        # Between two writes the kernel clears the region and clogfsd writes the clean bit
+        # (lazily, R2), so the on-disk log is briefly all clean. Stop the daemon (the log's only
+        # writer) once a dirty region is on disk, let a write already submitted land, and stop
+        # the machine only if the frozen log still shows a dirty region.
+        if not dirty_on_disk():
+            return False
+        daemon.process.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+        if dirty_on_disk():
+            return True
+        daemon.process.send_signal(signal.SIGCONT)
+        return False
+
+    r["dirty_seen_before_stop"] = wait_until(frozen_dirty, timeout=60, interval=0.05)
     r["dirty_regions_seen"] = seen
     (ctx.out / "crash_writes.json").write_text(json.dumps(r, indent=1))
     os.sync()
