@@ -36,6 +36,7 @@ from typing import Any
 
 from bench._kernel_guest import BLOCK_SIZES, KINDS, RESULT_FILE
 from clogfs.vm import KernelPrepareError, VmError, prepare, qemu_missing_reason, run_in_vm
+from clogfs.vm.machine import follow_file
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -182,24 +183,9 @@ def daemon_lines(record: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _stream(path: Path, stop: threading.Event) -> None:
-    """Echo what the guest appends to ``path``, indented, until ``stop`` is set."""
-    offset = 0
-    while True:
-        finished = stop.is_set()
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            offset += len(chunk)
-            for line in chunk.decode(errors="replace").splitlines():
-                print(f"  guest: {line}", flush=True)
-        if finished:
-            return
-        stop.wait(0.5)
+def _echo_guest(text: str) -> None:
+    for line in text.splitlines():
+        print(f"  guest: {line}", flush=True)
 
 
 def run_boot(rounds: int, seconds: float, view: bool, share: Path) -> tuple[dict[str, Any], str]:
@@ -215,7 +201,9 @@ def run_boot(rounds: int, seconds: float, view: bool, share: Path) -> tuple[dict
     args += "" if view else " --no-view"
     script = f"#!/bin/sh\ncd {REPO}\nexec {GUEST_PYTHON} -m bench._kernel_guest {args}\n"
     stop = threading.Event()
-    tail = threading.Thread(target=_stream, args=(share / ".clogvm" / "stdout", stop))
+    tail = threading.Thread(
+        target=follow_file, args=(share / ".clogvm" / "stdout", stop, _echo_guest)
+    )
     tail.start()
     try:
         result = run_in_vm(script, timeout=hard_timeout(rounds, seconds), share=share, vm=vm)

@@ -27,7 +27,7 @@ from clogfs.vm.guest import (
     userspace_table,
 )
 from clogfs.vm.kernel import KernelPrepareError
-from clogfs.vm.machine import VmError, prepare, qemu_missing_reason, run_in_vm
+from clogfs.vm.machine import VmError, follow_file, prepare, qemu_missing_reason, run_in_vm
 
 MIB = 1 << 20
 LEG_BYTES = 32 * MIB
@@ -156,24 +156,9 @@ def guest_main() -> int:
             detach_loop(dev)
 
 
-def _stream(path: Path, stop: threading.Event) -> None:
-    """Copy what the guest appends to ``path`` to our stdout until ``stop`` is set."""
-    offset = 0
-    while True:
-        finished = stop.is_set()
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            offset += len(chunk)
-            sys.stdout.write(chunk.decode(errors="replace"))
-            sys.stdout.flush()
-        if finished:
-            return
-        time.sleep(0.2)
+def _echo(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def host_main() -> int:
@@ -198,7 +183,7 @@ def host_main() -> int:
     with tempfile.TemporaryDirectory(prefix="clogfs-demo-", dir="/var/tmp") as tmp:
         stop = threading.Event()
         tail = threading.Thread(
-            target=_stream, args=(Path(tmp) / ".clogvm" / "stdout", stop), daemon=True
+            target=follow_file, args=(Path(tmp) / ".clogvm" / "stdout", stop, _echo), daemon=True
         )
         tail.start()
         try:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,3 +222,28 @@ def run_in_vm(
         stderr=_read(control / "stderr"),
         files=_collect(share),
     )
+
+
+def follow_file(
+    path: Path, stop: threading.Event, emit: Callable[[str], None], *, interval: float = 0.2
+) -> None:
+    """Pass what is appended to ``path`` (the guest's stdout in the share) to ``emit``.
+
+    Runs until ``stop`` is set, then passes what is left and returns; a missing file counts
+    as empty. Meant for a thread beside :func:`run_in_vm`.
+    """
+    offset = 0
+    while True:
+        finished = stop.is_set()
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            offset += len(chunk)
+            emit(chunk.decode(errors="replace"))
+        if finished:
+            return
+        stop.wait(interval)
