@@ -56,8 +56,16 @@ ln -sf /proc/self/fd $R/dev/fd
 ln -sf /proc/self/fd/0 $R/dev/stdin
 ln -sf /proc/self/fd/1 $R/dev/stdout
 ln -sf /proc/self/fd/2 $R/dev/stderr
+keep=$(sed -n 's/.*clogvm\.keep=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$keep" ]; then
+    mkdir -p /keep && mount -o bind "$R$keep" /keep || fail "bind the checkout $keep"
+fi
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mount $R/tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "mount $R/run"
+# A checkout under /tmp or /run (a CI clone, say) is hidden by those tmpfs: bind it back.
+if [ -n "$keep" ] && [ ! -e "$R$keep/pyproject.toml" ]; then
+    mkdir -p "$R$keep" && mount -o bind /keep "$R$keep" || fail "bind back $keep"
+fi
 mkdir -p "$R$share" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 @SHARE_TAG@ "$R$share" \
     || fail "mount the results share at $share"

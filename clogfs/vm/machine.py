@@ -120,6 +120,11 @@ def _collect(share: Path) -> dict[str, bytes]:
     return files
 
 
+#: the checkout the guest runs clogfs and its .venv from (bound back in the guest when it lies
+#: under /tmp or /run, which the guest covers with tmpfs)
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def qemu_argv(vm: PreparedVm, share: Path, console: Path, *, cpus: int) -> list[str]:
     """The QEMU command line for one boot."""
     return [
@@ -134,7 +139,8 @@ def qemu_argv(vm: PreparedVm, share: Path, console: Path, *, cpus: int) -> list[
         "-serial", f"file:{console}",
         "-kernel", str(vm.kernel.vmlinuz),
         "-initrd", str(vm.initramfs),
-        "-append", f"console=ttyS0 panic=-1 rdinit=/init clogvm.share={share}",
+        "-append",
+        f"console=ttyS0 panic=-1 rdinit=/init clogvm.share={share} clogvm.keep={CHECKOUT}",
         "-virtfs",
         f"local,path=/,mount_tag={HOST_ROOT_TAG},security_model=none,readonly=on,multidevs=remap",
         "-virtfs",
@@ -174,8 +180,9 @@ def run_in_vm(
         The share's control directory is replaced on every call.
     """
     share = share.resolve()
-    if any(ch.isspace() for ch in str(share)):
-        raise ValueError(f"share path must not contain whitespace: {share!r}")
+    for what, path in (("share", share), ("checkout", CHECKOUT)):
+        if any(ch.isspace() for ch in str(path)):
+            raise ValueError(f"{what} path must not contain whitespace: {path!r}")
     vm = vm or prepare()
     control = share / CONTROL_DIR
     shutil.rmtree(control, ignore_errors=True)
