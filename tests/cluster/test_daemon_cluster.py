@@ -85,15 +85,7 @@ async def run_clogfsd_in(
         )
     daemon = Daemon(process, stderr_path, notify)
     try:
-        with trio.fail_after(DEADLINE):
-            while True:
-                with trio.move_on_after(0.1):
-                    await trio.lowlevel.wait_readable(notify)
-                    if b"READY=1" in notify.recv(4096).split(b"\n"):
-                        break
-                if process.poll() is not None:
-                    raise RuntimeError(f"clogfsd exited with {process.returncode} before "
-                                       f"READY=1:\n{daemon.stderr()}")  # fmt: skip
+        await daemon.wait_ready(DEADLINE)
         yield daemon
     finally:
         if process.returncode is None:

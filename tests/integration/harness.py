@@ -50,6 +50,25 @@ class Daemon:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait for ``READY=1`` on the notify socket (never a sleep).
+
+        Raises:
+            RuntimeError: the daemon exited first (with its stderr).
+            trio.TooSlowError: no READY=1 within ``timeout``.
+        """
+        with trio.fail_after(timeout):
+            while True:
+                with trio.move_on_after(0.1):
+                    await trio.lowlevel.wait_readable(self.notify)
+                    if b"READY=1" in self.notify.recv(4096).split(b"\n"):
+                        return
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"clogfsd exited with {self.process.returncode} before READY=1:"
+                        f"\n{self.stderr()}"
+                    )
+
     async def wait(self, timeout: float = 10.0) -> int:
         with trio.fail_after(timeout):
             return await self.process.wait()
@@ -129,17 +148,7 @@ async def run_clogfsd(
         )
     daemon = Daemon(process, stderr_path, notify)
     try:
-        with trio.fail_after(ready_timeout):
-            while True:
-                with trio.move_on_after(0.1):
-                    await trio.lowlevel.wait_readable(notify)
-                    if b"READY=1" in notify.recv(4096).split(b"\n"):
-                        break
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"clogfsd exited with {process.returncode} before READY=1:"
-                        f"\n{daemon.stderr()}"
-                    )
+        await daemon.wait_ready(ready_timeout)
         yield daemon
     finally:
         if process.returncode is None:
