@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import string
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -30,6 +28,7 @@ from clogfs.netlink.requests import (
     request_type_of,
 )
 from clogfs.netlink.wire import Protocol
+from tests.netlink.test_wire import NETLINK_CORE_FORBIDDEN, imported_top_levels
 
 ULOG, TAKE5 = Protocol.ULOG, Protocol.TAKE5
 T = RequestType
@@ -404,15 +403,4 @@ def test_result_round_trips(case: tuple[RequestType, Protocol, object]) -> None:
 
 
 def test_requests_is_a_pure_core_module() -> None:
-    tree = ast.parse(Path(requests_module.__file__).read_text())
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"trio", "socket", "os", "pyfuse3", "cffi"}
+    assert not imported_top_levels(requests_module.__file__) & NETLINK_CORE_FORBIDDEN
