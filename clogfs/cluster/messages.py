@@ -19,6 +19,11 @@ CHECKPOINT  :data:`CHECKPOINT_HEAD` target u32, session u64, join_index u64, tak
             :class:`CheckpointState` (seq < total; the pieces concatenated in seq order)
 DURABLE     :data:`DURABLE_BODY` covers u64, ok u8 0/1, device_state u8 (``A``/``D``/``F``):
             the leader's write of the state up to delivery ``covers`` ended
+REASSERT    :data:`REASSERT_HEAD` node u32, session u64, floor u64, halted u8 0/1, last u8
+            0/1, then count u32 + count x region u64 (the node's own marks), then count u32 +
+            count x (start u64, length u64 >= 1) ranges of out-of-sync regions: what a node
+            whose partition yielded at a merge re-asserts of its kernel's view (``replica.py``
+            rule 10); one re-assertion may span several messages, the last with ``last`` 1
 ==========  ==================================================================================
 
 A :class:`CheckpointState` (the checkpoint's payload, :func:`encode_checkpoint_state`) is
@@ -56,7 +61,8 @@ from clogfs.log.regions import (
 from clogfs.netlink.requests import RequestType, SetRegionSync
 
 # Version history of the cluster wire format (bump on any change of any layout below):
-#   1 - first version (issue #7): REQUEST, JOIN, CHECKPOINT, DURABLE.
+#   1 - first version (issue #7): REQUEST, JOIN, CHECKPOINT, DURABLE; REASSERT (type 5) was
+#       added before any release, no earlier layout changed.
 CLUSTER_WIRE_VERSION = 1
 
 # message header: u8 version, u8 ClusterMessageType
@@ -73,6 +79,9 @@ JOIN_BODY = struct.Struct("<IQ")
 CHECKPOINT_HEAD = struct.Struct("<IQQQII")
 # DURABLE: u64 covers, u8 ok, u8 device_state
 DURABLE_BODY = struct.Struct("<QBB")
+# REASSERT: u32 node, u64 session, u64 floor, u8 halted, u8 last (then the marks and the ranges)
+REASSERT_HEAD = struct.Struct("<IQQBB")
+RANGE = struct.Struct("<QQ")  # u64 start, u64 length
 
 # CheckpointState: u64 region_count, u64 index, u64 sync_count, u64 sync_search, u8 sticky,
 # u8 device_state, u32 leader (0: none)
@@ -97,6 +106,7 @@ class ClusterMessageType(enum.IntEnum):
     JOIN = 2  # a joiner asks the leader for a checkpoint
     CHECKPOINT = 3  # one piece of a checkpoint for one join
     DURABLE = 4  # the leader's write up to a delivery ended (ok or failed)
+    REASSERT = 5  # a node that yielded at a partition merge re-asserts its kernel's view
 
 
 class ArgsShape(enum.Enum):
@@ -174,7 +184,27 @@ class Durable:
     device_state: str
 
 
-ClusterMessage = Request | Join | CheckpointChunk | Durable
+@dataclass(frozen=True)
+class Reassert:
+    """Node ``node``, after yielding its partition's state at a merge and installing the
+    group's checkpoint (join ``session``), re-asserts what its kernel relies on.
+
+    ``floor``: the resync cursor its kernel may hold hints up to; ``halted``: its recovery is
+    stopped (PRESUSPEND seen); ``marks``: regions it holds marked; ``out_of_sync``: ``(start,
+    length)`` ranges of regions its copy had out of sync. ``last`` ends one re-assertion
+    (several messages when it is larger than the message limit).
+    """
+
+    node: int
+    session: int
+    floor: int
+    halted: bool
+    last: bool
+    marks: tuple[int, ...] = ()
+    out_of_sync: tuple[tuple[int, int], ...] = ()
+
+
+ClusterMessage = Request | Join | CheckpointChunk | Durable | Reassert
 
 
 @dataclass(frozen=True)
@@ -285,6 +315,15 @@ def _body(msg: ClusterMessage) -> tuple[ClusterMessageType, bytes]:
             raise LocalProtocolError(f"device state {msg.device_state!r}")
         body = _pack(DURABLE_BODY, msg.covers, int(msg.ok), ord(msg.device_state))
         return ClusterMessageType.DURABLE, body
+    if isinstance(msg, Reassert):
+        if any(length < 1 for _start, length in msg.out_of_sync):
+            raise LocalProtocolError(f"empty out-of-sync range in {msg.out_of_sync!r}")
+        head = _pack(
+            REASSERT_HEAD, _node(msg.node), msg.session, msg.floor, int(msg.halted), int(msg.last)
+        )
+        ranges = b"".join(_pack(RANGE, start, length) for start, length in msg.out_of_sync)
+        body = head + _regions(msg.marks) + _pack(COUNT, len(msg.out_of_sync)) + ranges
+        return ClusterMessageType.REASSERT, body
     raise LocalProtocolError(f"not a cluster message: {msg!r}")
 
 
@@ -401,6 +440,26 @@ def _decode_checkpoint(reader: _Reader) -> CheckpointChunk:
     )
 
 
+def _decode_reassert(reader: _Reader) -> Reassert:
+    node, session, floor, halted, last = reader.unpack(REASSERT_HEAD)
+    n = reader.count(REGION.size)
+    marks = struct.unpack(f"<{n}Q", reader.take(n * REGION.size))
+    n = reader.count(RANGE.size)
+    flat = struct.unpack(f"<{2 * n}Q", reader.take(n * RANGE.size))
+    ranges = tuple(zip(flat[0::2], flat[1::2], strict=True))
+    if any(length == 0 for _start, length in ranges):
+        raise ClusterProtocolError("REASSERT: empty out-of-sync range")
+    return Reassert(
+        _checked_node(node, "REASSERT"),
+        session,
+        floor,
+        _flag(halted, "REASSERT halted"),
+        _flag(last, "REASSERT last"),
+        marks,
+        ranges,
+    )
+
+
 def decode(data: bytes) -> ClusterMessage:
     """The message in ``data``.
 
@@ -425,6 +484,8 @@ def decode(data: bytes) -> ClusterMessage:
         msg = Join(_checked_node(node, "JOIN"), session)
     elif kind is ClusterMessageType.CHECKPOINT:
         msg = _decode_checkpoint(reader)
+    elif kind is ClusterMessageType.REASSERT:
+        msg = _decode_reassert(reader)
     else:
         covers, ok, state = reader.unpack(DURABLE_BODY)
         msg = Durable(covers, _flag(ok, "DURABLE ok"), _device_state(state))
@@ -571,3 +632,41 @@ def split_checkpoint(data: bytes, message_limit: int = DEFAULT_MESSAGE_LIMIT) ->
     if room <= 0:
         raise LocalProtocolError(f"message limit {message_limit} leaves no room for data")
     return [data[i : i + room] for i in range(0, len(data), room)] or [b""]
+
+
+def split_reassert(
+    node: int,
+    session: int,
+    floor: int,
+    halted: bool,
+    marks: Sequence[int],
+    out_of_sync: Sequence[tuple[int, int]],
+    message_limit: int = DEFAULT_MESSAGE_LIMIT,
+) -> list[Reassert]:
+    """One re-assertion as :class:`Reassert` messages of at most ``message_limit`` bytes.
+
+    Every message carries ``floor`` and ``halted``; the marks and ranges are spread over them
+    in order; only the last has ``last`` set. There is always at least one message.
+    """
+    room = message_limit - HEADER.size - REASSERT_HEAD.size - 2 * COUNT.size
+    if room < RANGE.size:
+        raise LocalProtocolError(f"message limit {message_limit} too small for REASSERT")
+    pieces: list[tuple[list[int], list[tuple[int, int]]]] = [([], [])]
+    used = 0
+    for mark in marks:
+        if used + REGION.size > room:
+            pieces.append(([], []))
+            used = 0
+        pieces[-1][0].append(mark)
+        used += REGION.size
+    for span in out_of_sync:
+        if used + RANGE.size > room:
+            pieces.append(([], []))
+            used = 0
+        pieces[-1][1].append(span)
+        used += RANGE.size
+    last = len(pieces) - 1
+    return [
+        Reassert(node, session, floor, halted, i == last, tuple(piece_marks), tuple(piece_ranges))
+        for i, (piece_marks, piece_ranges) in enumerate(pieces)
+    ]

@@ -112,10 +112,12 @@ from clogfs.cluster.messages import (
     Durable,
     Join,
     PendingJoin,
+    Reassert,
     Request,
     decode_checkpoint_state,
     encode_checkpoint_state,
     split_checkpoint,
+    split_reassert,
 )
 from clogfs.errors import ClogfsError, ClusterProtocolError, KernelProtocolError, LocalProtocolError
 from clogfs.errors import negative_errno as _negative_errno
@@ -156,11 +158,19 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Membership:
-    """A CPG configuration change: the members after it, who joined, who left and why."""
+    """A CPG configuration change: the members after it, who joined, who left and why.
+
+    ``merged``: the joined members that came back with their node (``CPG_REASON_NODEUP``: a
+    healed partition), not by joining. ``quorate``: whether this node is quorate at this
+    change (the shell asks corosync synchronously when it receives the change; None: not
+    known, the last :class:`QuorumChanged` stands).
+    """
 
     members: tuple[int, ...]
     joined: tuple[int, ...] = ()
     left: tuple[tuple[int, int], ...] = ()
+    merged: tuple[int, ...] = ()
+    quorate: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -264,12 +274,15 @@ PHASE_TRANSITIONS: frozenset[tuple[Phase, Phase]] = frozenset(
         (_P.LOADING, _P.SYNCED),
         (_P.JOINING, _P.SYNCED),
         (_P.SYNCED, _P.DEPARTING),
+        (_P.SYNCED, _P.JOINING),  # a stale partition's state yields at a merge (rule 10)
         *((phase, _P.DONE) for phase in Phase if phase is not _P.DONE),
     }
 )
 
 _DURABLE_KINDS = frozenset({RequestType.FLUSH, RequestType.POSTSUSPEND, RequestType.DTR})
 _DEPARTURES = frozenset({RequestType.POSTSUSPEND, RequestType.DTR})
+#: the index of a wait whose covering step is not known yet (a yield's re-assertion pending)
+_UNCOVERED = 1 << 64
 
 
 @dataclass
@@ -342,6 +355,10 @@ class Replica:
         self._transfer: _Transfer | None = None
         self._write: tuple[WriteLog, int] | None = None
         self._commit_wanted = False
+        self.stale = False  # lost quorum while holding the state (rule 10)
+        self._merged: set[int] = set()  # members that came back by a merge while stale
+        self._reassert: list[Reassert] = []  # sent once a yield's checkpoint is installed
+        self._lost_recovery: int | None = None  # region assigned to us before a yield
         self._out: list[ReplicaAction] = []
         instance.cluster_writer = False
 
@@ -373,7 +390,9 @@ class Replica:
             self._local_request(event)
         elif isinstance(event, QuorumChanged):
             self.quorate = event.quorate
-            self._confirm()
+            if self.phase is not Phase.DONE:
+                self._quorum_step()
+                self._confirm()
         elif isinstance(event, WriteDone):
             self._write_done(event)
         elif isinstance(event, LoadDone):
@@ -432,6 +451,25 @@ class Replica:
         if self.phase in (Phase.DEPARTING, Phase.DONE):
             self._late_request(event)
             return
+        kind = request.request_type
+        if kind is RequestType.GET_RESYNC_WORK and self.stale:
+            # rule 10: a partition without quorum hands out no recovery (its cursor stays)
+            self._emit(Answer(event.token, Reply(ResyncWork(0, 0))))
+            return
+        args = request.args
+        if (
+            kind is RequestType.SET_REGION_SYNC
+            and isinstance(args, SetRegionSync)
+            and args.in_sync
+            and args.region == self._lost_recovery
+        ):
+            # rule 10: assigned in a partition that yielded; the group may have written the
+            # region meanwhile, so this copy proves nothing and the region stays out of sync
+            self._lost_recovery = None
+            self._emit(Warn(f"recovery of region {args.region} was assigned before this "
+                            "node's partition yielded: its result is discarded"))  # fmt: skip
+            self._emit(Answer(event.token, Reply()))
+            return
         wire_token = self._next_token
         self._next_token += 1
         self._tokens[wire_token] = event.token
@@ -459,6 +497,10 @@ class Replica:
 
     def _step(self, event: Delivered | Membership) -> None:
         try:
+            if isinstance(event, Membership) and event.quorate is not None:
+                self.quorate = event.quorate
+                if not event.quorate:
+                    self._quorum_step()  # stale before the change is applied (no take-over write)
             if self.phase is Phase.WAITING:
                 if isinstance(event, Membership) and self.node_id in event.joined:
                     self._own_join(event)
@@ -470,6 +512,11 @@ class Replica:
                 self._apply(event)
             else:
                 self._departing_step(event)
+            if isinstance(event, Membership):
+                if self.stale:
+                    self._merged |= set(event.merged) & set(event.members)
+                self._quorum_step()
+                self._confirm()
         except ClusterProtocolError as exc:
             self._fail(f"cluster state unusable: {exc}")
         except LocalProtocolError:
@@ -548,6 +595,10 @@ class Replica:
         if not self._join_delivered:
             if message == Join(self.node_id, self.session) and event.sender == self.node_id:
                 self._join_delivered = True
+            elif (
+                isinstance(message, Request) and event.sender == message.originator == self.node_id
+            ):
+                self._early_own_request(message)
             return
         self._buffer.append(event)
         if (
@@ -556,6 +607,25 @@ class Replica:
             and message.session == self.session
         ):
             self._checkpoint_piece(message)
+
+    def _early_own_request(self, message: Request) -> None:
+        """Our request sent before a yield, delivered before our JOIN (rule 10).
+
+        The others applied it, so the checkpoint we get includes it. A FLUSH (or departure)
+        waits like the held ones, covered by our re-assertion; the rest is answered from our
+        own copy, as it would have been.
+        """
+        kind = message.request_type
+        if kind in _DURABLE_KINDS:
+            self._waits.append(_Wait(message.token, _UNCOVERED, kind))
+            return
+        request = LogRequest(kind, message.args, self.node_id)
+        try:
+            outcome = self.instance.handle(request)
+        except ClogfsError as exc:
+            self._answer(message.token, Reply(error=_negative_errno(exc)))
+            return
+        self._answer(message.token, outcome if isinstance(outcome, Reply) else Reply())
 
     def _checkpoint_piece(self, chunk: CheckpointChunk) -> None:
         transfer = self._transfer
@@ -588,7 +658,9 @@ class Replica:
                 f"checkpoint index {checkpoint.index}, announced {transfer.taken_at}"
             )
         try:
-            instance.install(checkpoint.fields, checkpoint.prefix, checkpoint.tail)
+            instance.install(
+                checkpoint.fields, checkpoint.prefix, checkpoint.tail, rejoin=instance.resumed
+            )
         except ValueError as exc:
             raise ClusterProtocolError(f"checkpoint refused: {exc}") from None
         self.index = checkpoint.index
@@ -600,6 +672,9 @@ class Replica:
         instance.cluster_writer = False
         self._enter(Phase.SYNCED)
         self._answer_resume(Reply())
+        for message in self._reassert:  # a yield (rule 10): what our kernel relies on
+            self._emit(Multicast(message))
+        self._reassert = []
         buffered, self._buffer = self._buffer, []
         for position, step in enumerate(buffered):
             if transfer.join_index + 1 + position > transfer.taken_at:
@@ -621,6 +696,8 @@ class Replica:
                 self._apply_join(event.sender, message)
             elif isinstance(message, CheckpointChunk):
                 self._apply_checkpoint_piece(message)
+            elif isinstance(message, Reassert):
+                self._apply_reassert(event.sender, message)
             else:
                 self._apply_durable(event.sender, message)
         if not self.is_leader and self.instance.state.has_pending():
@@ -739,6 +816,29 @@ class Replica:
             self.synced.add(chunk.target)
             self.instance.state.members = frozenset(self.synced)
 
+    def _apply_reassert(self, sender: int, message: Reassert) -> None:
+        if sender != message.node or message.node not in self.synced:
+            self._emit(Warn(f"REASSERT of node {message.node} from node {sender} ignored"))
+            return
+        try:
+            self.instance.state.reassert(
+                message.node,
+                floor=message.floor,
+                halted=message.halted,
+                marks=message.marks,
+                out_of_sync=message.out_of_sync,
+            )
+        except KernelProtocolError as exc:
+            raise ClusterProtocolError(f"REASSERT of node {message.node}: {exc}") from None
+        if message.node == self.node_id and message.last:
+            for wait in self._waits:  # held across the yield: covered from here on
+                if wait.index == _UNCOVERED:
+                    wait.index = self.index
+                    wait.durable = not self.is_disk
+        if self.is_disk and self.is_leader:
+            self._commit_wanted = True
+            self._kick()
+
     def _apply_durable(self, sender: int, message: Durable) -> None:
         if sender != self.leader:
             self._emit(Warn(f"DURABLE from node {sender}, not the leader {self.leader}: ignored"))
@@ -838,7 +938,7 @@ class Replica:
 
     def _kick(self) -> None:
         """Begin the next write if one is wanted and none is in flight (leader only)."""
-        if self._write is not None or not self._commit_wanted:
+        if self._write is not None or not self._commit_wanted or self.stale:
             return
         self._commit_wanted = False
         write = self.instance.begin_write()
@@ -867,6 +967,66 @@ class Replica:
             self._resume_write = None
             self._answer_resume(Reply() if ok else Reply(error=-errno.EIO))
         self._kick()
+
+    # -- quorum and partitions (rule 10) -----------------------------------------------------
+
+    def _quorum_step(self) -> None:
+        """Become stale on losing quorum; on regaining it, yield after a merge or go on."""
+        holding = self.phase in (Phase.SYNCED, Phase.DEPARTING)
+        if not self.enforce_quorum or not holding:
+            return
+        if not self.quorate and not self.stale:
+            self.stale = True
+            self._merged.clear()
+            self._emit(Warn("this node lost quorum: no log writes, no recovery and no FLUSH "
+                            "confirmation until it returns"))  # fmt: skip
+        elif self.quorate and self.stale:
+            if self._merged:
+                self._yield()
+            else:
+                self.stale = False
+                self._kick()
+
+    def _yield(self) -> None:
+        """Quorum came back by a merge: drop this partition's state, rejoin, re-assert."""
+        state = self.instance.state
+        me = self.node_id
+        merged = sorted(self._merged)
+        self.stale = False
+        self._merged.clear()
+        self._commit_wanted = False
+        self.instance.cluster_writer = False
+        if self.phase is Phase.DEPARTING:
+            # the others saw this node crash (its marks went out of sync there): nothing of
+            # this copy may reach the device; the departure is answered as it is
+            self._emit(Warn(f"partition merged with nodes {merged}: this departing node's "
+                            "state is dropped, not written"))  # fmt: skip
+            self.leader = None
+            for wait in self._waits:
+                wait.durable = True
+            return
+        marks = sorted(region for region, holders in state.marks.items() if me in holders)
+        out_of_sync = [(first, last - first + 1) for first, last in state.sync.runs(False)]
+        recovering = state.recovering
+        self._lost_recovery = recovering[0] if recovering and recovering[1] == me else None
+        self.session += 1  # a new membership of this node (the shell's next one is later)
+        self._reassert = split_reassert(
+            me, self.session, state.sync_search, me in state.halted, marks, out_of_sync,
+            self.message_limit,
+        )  # fmt: skip
+        for wait in self._waits:
+            wait.durable = False
+            wait.index = _UNCOVERED
+        self.synced, self.departed, self.joins, self.leader = set(), set(), {}, None
+        state.members = frozenset()
+        self._buffer, self._transfer, self._join_delivered = [], None, False
+        self._maybe_synced = set(self.members) - {me}
+        self._enter(Phase.JOINING)
+        self._emit(Warn(f"partition merged with nodes {merged}: this node's state yields to "
+                        "the group's (it had no quorum); rejoining"))  # fmt: skip
+        self._emit(Multicast(Join(me, self.session)))
+        if not self._maybe_synced:
+            self._fail("a merge left no other member to take the state from")
 
     def _gated(self) -> bool:
         """Semantics §6.4: this node marks a region assigned for recovery to another node."""

@@ -512,21 +512,32 @@ class LogInstance:
         """
         return bytes(self._prefix), bytes(self._tail)
 
-    def install(self, fields: ReplicatedFields, prefix: bytes = b"", tail: bytes = b"") -> None:
+    def install(
+        self,
+        fields: ReplicatedFields,
+        prefix: bytes = b"",
+        tail: bytes = b"",
+        *,
+        rejoin: bool = False,
+    ) -> None:
         """A joiner's RESUME: take the group's state instead of loading (semantics.md §2.2).
 
         The device is never read. For a disk log ``prefix`` and ``tail`` (from
         :meth:`buffer_parts` of the member that sent the state) become this instance's bytes
         outside the bitmap; if they do not fit this node's geometry, zeros are used, and the
         header is always a valid version-2 header for this log. The instance is RESUMED.
+        With ``rejoin`` the instance is resumed already (its partition's state yielded at a
+        merge, ``cluster/replica.py`` rule 10) and stays so; only the state is replaced.
 
         Raises:
             IllegalTransitionError: the instance is resumed already, destroyed or failed.
             ValueError: ``fields`` does not fit this log (nothing changed).
         """
-        if self.resumed:
-            raise IllegalTransitionError("install() on a resumed instance")
-        next_lifecycle(self.lifecycle, Event.RESUME)  # check before acting
+        if self.resumed != rejoin:
+            state = "a resumed" if self.resumed else "a non-resumed"
+            raise IllegalTransitionError(f"install(rejoin={rejoin}) on {state} instance")
+        if not rejoin:
+            next_lifecycle(self.lifecycle, Event.RESUME)  # check before acting
         self.state.install_fields(fields)
         if self.device is not None:
             end = BITMAP_OFFSET + bitset_bytes(self.config.region_count)
@@ -539,7 +550,8 @@ class LogInstance:
             self._tail = bytearray(tail) if len(tail) == tail_bytes else bytearray(tail_bytes)
             self._loaded = True
         self.loading = False
-        self._transition(Event.RESUME)
+        if not rejoin:
+            self._transition(Event.RESUME)
 
     # -- writes (disk-format.md §4, §5) ------------------------------------------------------
 

@@ -353,6 +353,45 @@ class RegionState:
         self.halted.discard(node)
         self.in_sync_sticky = False
 
+    def reassert(
+        self,
+        node: int,
+        *,
+        floor: int,
+        halted: bool,
+        marks: Sequence[int],
+        out_of_sync: Sequence[tuple[int, int]],
+    ) -> None:
+        """A node whose partition yielded at a merge re-asserts its kernel's view (cluster).
+
+        Only ever makes the state more conservative: the node's marks are added (clean bits
+        cleared), the ``(start, length)`` ranges go out of sync (clean cleared, the sticky
+        flag with them), ``halted`` halts the node, and the resync cursor rises to ``floor``
+        (its kernel may hold hints up to there, I5): priority entries below the new cursor
+        are dropped (recovered at the next reset, like a crash's regions, §6.3).
+
+        Raises:
+            KernelProtocolError: a region, range or floor out of range; nothing changed.
+        """
+        self.check_regions(marks)
+        if not 0 <= floor <= self.region_count:
+            raise KernelProtocolError(f"resync floor {floor} beyond {self.region_count}")
+        for start, length in out_of_sync:
+            if length < 1 or start + length > self.region_count:
+                raise KernelProtocolError(f"out-of-sync range {start}+{length} out of range")
+        for start, length in out_of_sync:
+            for region in range(start, start + length):
+                if self.sync.clear(region):
+                    self.sync_count -= 1
+                self._clear_clean(region)
+            self.in_sync_sticky = False
+        self.mark(marks, node)
+        if halted:
+            self.halted.add(node)
+        if floor > self.sync_search:
+            self.sync_search = floor
+            self.priority = {r: None for r in self.priority if r >= floor}
+
     # -- reset and load (§2.2, disk-format.md §3) --------------------------------------------
 
     def reset(self) -> None:

@@ -8,7 +8,10 @@ The harness plays CPG, the shells and the kernels of ``n`` nodes sharing one log
 - each node's ``Write`` and ``ReadDevice`` actions queue against one shared in-memory disk
   (``bytearray``) and complete only when the test says so, ok or failing;
 - nodes join (``resume``), depart in order (``suspend``), crash (``crash``: its undelivered
-  messages are lost, its pending writes land or not), and lose quorum (``set_quorum``).
+  messages are lost, its pending writes land or not), and lose quorum (``set_quorum``);
+- the network splits (``partition``: each side sees the others leave with NODEDOWN and goes
+  on with its own order) and heals (``heal``: each side sees the others come back with
+  NODEUP, as corosync reports a merge); every change carries each node's quorum.
 
 It also keeps the ground truth a kernel would have: the regions each node may be writing
 (marks confirmed by a FLUSH answered 0 and not yet cleared) and the regions a crashed node may
@@ -84,7 +87,8 @@ class Node:
         )
 
 
-Item = tuple[str, int, bytes | Membership]  # ("msg", sender, bytes) or ("conf", 0, change)
+Item = tuple[str, int | tuple[int, ...], bytes | Membership]  # ("msg", sender, bytes),
+# ("conf", 0, change) for every member, ("side", nodes, change) for those nodes only
 
 
 class ClusterHarness:
@@ -124,6 +128,7 @@ class ClusterHarness:
         self.bus: deque[Item] = deque()
         self.cpg_members: list[int] = []  # membership after everything on the bus
         self.delivered_members: tuple[int, ...] = ()  # membership at the delivery point
+        self.views: dict[int, tuple[int, ...]] = {}  # per node, while partitioned
         self.nodes: dict[int, Node] = {}
         self.crash_marks: set[int] = set()
         self.crashed: set[int] = set()  # crash delivered, its next join not yet
@@ -194,6 +199,32 @@ class ClusterHarness:
         members = tuple(sorted(self.cpg_members))
         self.bus.append(("conf", 0, Membership(members, (), ((node_id, int(reason)),))))
 
+    def partition(self, *sides: set[int], quorate: set[int] | frozenset[int] = frozenset()) -> None:
+        """Split the group into ``sides``; nodes in ``quorate`` keep quorum, the rest lose it.
+
+        Each side's change reaches only its members, at the same point of the bus; messages
+        sent from then on reach only the sender's side.
+        """
+        members = set(self.cpg_members)
+        for side in sides:
+            mine = tuple(sorted(side & members))
+            left = tuple((n, int(LeftReason.NODEDOWN)) for n in sorted(members - side))
+            for node_id in mine:
+                self.nodes[node_id].quorate = node_id in quorate
+            change = Membership(mine, (), left, quorate=bool(set(mine) & quorate))
+            self.bus.append(("side", mine, change))
+
+    def heal(self) -> None:
+        """The sides merge again; every node is quorate."""
+        members = tuple(sorted(self.cpg_members))
+        sides = {self.views.get(n, members) for n in members}
+        for side in sides:
+            others = tuple(n for n in members if n not in side)
+            for node_id in side:
+                self.nodes[node_id].quorate = True
+            change = Membership(members, others, (), merged=others, quorate=True)
+            self.bus.append(("side", side, change))
+
     def set_quorum(self, quorate: bool, *node_ids: int) -> None:
         """Tell the nodes (default: all) they gained or lost quorum."""
         for node_id in node_ids or tuple(self.nodes):
@@ -243,6 +274,18 @@ class ClusterHarness:
             return False
         item = self.bus.popleft()
         kind, sender, payload = item
+        if kind == "side":
+            assert isinstance(payload, Membership)
+            assert isinstance(sender, tuple)
+            for node_id in sender:
+                self.views[node_id] = payload.members
+            everyone = tuple(sorted(self.cpg_members))
+            if all(self.views.get(n) == everyone for n in everyone):
+                self.views = {}  # healed: one view again
+                self.delivered_members = payload.members
+            for node_id in sender:
+                self._deliver_to(node_id, payload)
+            return True
         if kind == "conf":
             membership = payload
             assert isinstance(membership, Membership)
@@ -254,7 +297,9 @@ class ClusterHarness:
             return True
         assert isinstance(payload, bytes)
         message = messages.decode(payload)
-        for node_id in self.delivered_members:
+        assert isinstance(sender, int)
+        receivers = self.views.get(sender, self.delivered_members)
+        for node_id in receivers:
             self._deliver_to(node_id, Delivered(sender, message))
         return True
 

@@ -22,12 +22,14 @@ from clogfs.cluster.messages import (
     Durable,
     Join,
     PendingJoin,
+    Reassert,
     Request,
     decode,
     decode_checkpoint_state,
     encode,
     encode_checkpoint_state,
     split_checkpoint,
+    split_reassert,
 )
 from clogfs.cluster.replica import LeftReason
 from clogfs.disklog.format import bitset_bytes
@@ -66,6 +68,15 @@ TABLE: list[tuple[ClusterMessage, str]] = [
     ),
     (Durable(17, True, "A"), "01 04 1100000000000000 01 41"),
     (Durable(18, False, "F"), "01 04 1200000000000000 00 46"),
+    (
+        Reassert(3, 43, 0x20, True, True, (5,), ((8, 2),)),
+        "01 05 03000000 2b00000000000000 2000000000000000 01 01"
+        " 01000000 0500000000000000 01000000 0800000000000000 0200000000000000",
+    ),
+    (
+        Reassert(2, 1, 0, False, False),
+        "01 05 02000000 0100000000000000 0000000000000000 00 00 00000000 00000000",
+    ),
 ]
 
 
@@ -106,7 +117,16 @@ def test_trailing_byte_is_rejected(msg: ClusterMessage, wire: str) -> None:
     [
         ("02 04 1100000000000000 01 41", "version"),
         ("00 04 1100000000000000 01 41", "version"),
-        ("01 05 03000000", "type 5"),
+        ("01 06 03000000", "type 6"),
+        ("01 05 00000000 0100000000000000 0000000000000000 00 00 00000000 00000000", "node id 0"),
+        ("01 05 01000000 0100000000000000 0000000000000000 02 00 00000000 00000000", "halted"),
+        ("01 05 01000000 0100000000000000 0000000000000000 00 02 00000000 00000000", "last"),
+        (
+            "01 05 01000000 0100000000000000 0000000000000000 00 01 00000000"
+            " 01000000 0800000000000000 0000000000000000",
+            "empty out-of-sync range",
+        ),
+        ("01 05 01000000 0100000000000000 0000000000000000 00 01 00000000 05000000", "count"),
         ("01 00", "type 0"),
         ("01 01 01000000 0100000000000000 08 0500000000000000", "not an ordered"),
         ("01 01 01000000 0100000000000000 63", "unknown"),
@@ -142,7 +162,13 @@ def test_header_carries_the_version_constant() -> None:
 
 def test_message_types_are_not_request_types() -> None:
     assert not issubclass(ClusterMessageType, RequestType)
-    assert {t.name for t in ClusterMessageType} == {"REQUEST", "JOIN", "CHECKPOINT", "DURABLE"}
+    assert {t.name for t in ClusterMessageType} == {
+        "REQUEST",
+        "JOIN",
+        "CHECKPOINT",
+        "DURABLE",
+        "REASSERT",
+    }
 
 
 @pytest.mark.parametrize(
@@ -209,6 +235,16 @@ MESSAGES = st.one_of(
     st.builds(Join, U32, U64),
     chunks(),
     st.builds(Durable, U64, st.booleans(), st.sampled_from("ADF")),
+    st.builds(
+        Reassert,
+        U32.filter(bool),
+        U64,
+        U64,
+        st.booleans(),
+        st.booleans(),
+        st.lists(U64, max_size=4).map(tuple),
+        st.lists(st.tuples(U64, U64.filter(bool)), max_size=4).map(tuple),
+    ),
 )
 
 
@@ -401,3 +437,23 @@ def test_struct_formats_are_little_endian() -> None:
 @pytest.mark.parametrize("name", ["clogfs/cluster/messages.py", "clogfs/cluster/replica.py"])
 def test_cluster_core_module_is_pure(name: str) -> None:
     assert forbidden_imports((ROOT / name).read_text()) == []
+
+
+@given(
+    st.lists(st.integers(0, 2**32), max_size=300),
+    st.lists(st.tuples(st.integers(0, 2**32), st.integers(1, 2**32)), max_size=300),
+    st.integers(80, 3000),
+)
+def test_split_reassert_fits_the_limit_and_keeps_everything_in_order(
+    marks: list[int], ranges: list[tuple[int, int]], limit: int
+) -> None:
+    pieces = split_reassert(7, 9, 100, True, marks, ranges, limit)
+    assert all(len(encode(piece)) <= limit for piece in pieces)
+    assert [p.last for p in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert all((p.node, p.session, p.floor, p.halted) == (7, 9, 100, True) for p in pieces)
+    assert [m for p in pieces for m in p.marks] == marks
+    assert [r for p in pieces for r in p.out_of_sync] == ranges
+
+
+def test_split_reassert_of_nothing_is_one_last_message() -> None:
+    assert split_reassert(1, 2, 3, False, [], []) == [Reassert(1, 2, 3, False, True)]
