@@ -54,10 +54,11 @@ from clogfs.cluster.cpg import (
     CorosyncError,
     CorosyncGoneError,
     CpgGroup,
+    CpgReason,
     Deliver,
     open_cpg_group,
 )
-from clogfs.cluster.quorum import open_quorum_tracker
+from clogfs.cluster.quorum import QuorumTracker, open_quorum_tracker
 from clogfs.cluster.replica import (
     Answer,
     Delivered,
@@ -176,6 +177,7 @@ class ClusterBackend:
         self.message_limit = message_limit
         self.quorate = True
         self.corosync_gone = False
+        self._quorum: QuorumTracker | None = None
         self._members: dict[LogKey, _Member] = {}
         self._by_name: dict[bytes, _Member] = {}
         self._sessions = _Session()
@@ -292,6 +294,9 @@ class ClusterBackend:
                     tuple(sorted({m.node_id for m in event.members})),
                     tuple(sorted({a.node_id for a in event.joined})),
                     tuple(sorted((a.node_id, int(a.reason)) for a in event.left)),
+                    merged=tuple(sorted({a.node_id for a in event.joined
+                                         if a.reason == CpgReason.NODEUP})),
+                    quorate=self._quorum_now(),
                 ))  # fmt: skip
 
     async def _sender(
@@ -405,6 +410,20 @@ class ClusterBackend:
 
     # -- daemon-wide tasks ------------------------------------------------------------------
 
+    def _quorum_now(self) -> bool | None:
+        """This node's quorum at a configuration change, asked synchronously (None: unknown).
+
+        The replica must know it before it applies the change: a node cut off from the
+        others must not take over as leader and write the shared log device (replica rule
+        10), and corosync's quorum notification arrives only after the CPG change.
+        """
+        if not self.enforce_quorum or self._quorum is None:
+            return None
+        try:
+            return self._quorum.poll()
+        except CorosyncError:
+            return None  # corosync going away is reported by the groups and the tracker
+
     def _quorum_changed(self, quorate: bool) -> None:
         self.quorate = quorate
         for member in list(self._members.values()):
@@ -420,6 +439,7 @@ class ClusterBackend:
             NoQuorumProviderError: corosync has no quorum provider (before ``started()``).
         """
         async with open_quorum_tracker() as tracker:
+            self._quorum = tracker
             self._quorum_changed(tracker.quorate)
             task_status.started()
             try:
@@ -429,6 +449,8 @@ class ClusterBackend:
                         self._quorum_changed(state.quorate)
             except CorosyncGoneError as exc:
                 self._note_gone(exc)
+            finally:
+                self._quorum = None
 
     async def watch_presence(self, group: CpgGroup) -> None:
         """Drain the presence group's events; notice corosync going away."""
