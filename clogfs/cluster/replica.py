@@ -83,6 +83,35 @@ Rules
 9. **Failure.** A bug while applying a step, or an unusable checkpoint, answers every open
    request ``-EIO`` (RESUME: ``-EINVAL`` for a checkpoint of another geometry), warns and
    leaves; the others then see a crash, which is the conservative outcome.
+10. **Partitions.** CPG keeps delivering inside a partition, and each side sees the others
+   crash (rule 8), so the sides' states diverge. With quorum enforced, a member holding the
+   state that loses quorum is *stale*: it starts no log write (not even the take-over write
+   of a leader it lost: the shared device belongs to the quorate side), hands out no
+   recovery (its own GET_RESYNC_WORK is answered ``{0, 0}`` locally, so its cursor stays)
+   and confirms no FLUSH (rule 5). The shell gives every :class:`Membership` this node's
+   quorum at that change, so a cut-off node is stale before it applies the change. When
+   quorum returns:
+
+   - through a merge (members came back with ``CPG_REASON_NODEUP`` while stale): the
+     replica *yields*: it drops its partition's state, rejoins under a new session (JOIN,
+     checkpoint, replay: rule 7) and, once installed, multicasts ``REASSERT`` with what its
+     kernel relies on: its own marks, its halt, every region its copy had out of sync (the
+     others' crash regions included: conservative) and its resync cursor as a floor for
+     the group's (its kernel may hold hints up to it, I5). Every member applies it
+     (``RegionState.reassert``: only ever more conservative); the waits held across the
+     yield are covered by it, so a held FLUSH is confirmed after the leader's next write.
+     A recovery assigned to this node before the yield proves nothing afterwards (the
+     group may have written the region meanwhile): its SET_REGION_SYNC(r, 1) is answered 0
+     locally and dropped. A departing member (rule 8) that yields writes nothing and
+     answers its departure.
+   - without a merge (e.g. expected votes lowered): the replica goes on and starts the
+     writes it deferred.
+
+   Limits (decisions): the quorate side never yields. With ``enforce_quorum`` off nobody is
+   ever stale, so a healed group keeps two state holders (two leaders) and is not merged;
+   when no side kept quorum every side yields and nobody serves the checkpoints, so those
+   FLUSHes stay held until the mirror is reactivated. A write the cut-off node had already
+   started when it lost quorum may still land.
 
 Phases (``Phase``), and the steps that move between them::
 
@@ -91,6 +120,7 @@ Phases (``Phase``), and the steps that move between them::
     LOADING  --LoadDone---------------------------------> SYNCED
     JOINING  --last checkpoint piece--------------------> SYNCED
     SYNCED   --own POSTSUSPEND/DTR delivered------------> DEPARTING
+    SYNCED   --stale, quorum back through a merge-------> JOINING (rule 10)
     DEPARTING --every answer given----------------------> DONE (Leave)
     any      --bug, bad checkpoint, state lost----------> DONE (Leave)
 
