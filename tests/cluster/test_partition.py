@@ -137,3 +137,20 @@ def test_quorate_side_does_not_yield() -> None:
     assert not any("yields" in w for w in h.nodes[1].warnings)
     assert any("yields" in w for w in h.nodes[3].warnings)
     h.check_agreement()
+
+
+def test_node_suspended_while_cut_off_departs_at_the_merge_without_writing() -> None:
+    h = ClusterHarness(3, sync_mode=SyncMode.NOSYNC)
+    assert h.answer(3, flushed_mark(h, 3, 30)) == OK
+    split_off_node_3(h)
+    writes = len(h.nodes[3].writes_issued)
+    _pre, post = h.suspend(3)
+    h.run()
+    assert h.answer(3, post) is None  # the commit of its departure waits for quorum
+    h.heal()
+    h.run()
+    assert h.answer(3, post) == OK
+    assert h.nodes[3].replica is None  # left the group
+    assert len(h.nodes[3].writes_issued) == writes  # its stale copy never reached the disk
+    assert not h.disk_clean(30)  # the majority saw it crash: 30 stays dirty
+    h.check_agreement()
