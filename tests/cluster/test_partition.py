@@ -9,7 +9,11 @@ view, after which its held FLUSH is confirmed.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clogfs.cluster.replica import Phase
 from clogfs.log.ctr import LogType, SyncMode
@@ -17,7 +21,8 @@ from clogfs.log.instance import Reply
 from clogfs.netlink.requests import RequestType as RT
 from clogfs.netlink.requests import ResyncWork, SetRegionSync
 from tests.cluster.harness import ClusterHarness
-from tests.cluster.test_replica import OK, flushed_mark
+from tests.cluster.test_replica import OK, _step, flushed_mark
+from tests.core.support import check_invariants
 
 
 def split_off_node_3(h: ClusterHarness) -> None:
@@ -154,3 +159,76 @@ def test_node_suspended_while_cut_off_departs_at_the_merge_without_writing() -> 
     assert len(h.nodes[3].writes_issued) == writes  # its stale copy never reached the disk
     assert not h.disk_clean(30)  # the majority saw it crash: 30 stays dirty
     h.check_agreement()
+
+
+_WORK = st.one_of(
+    st.tuples(st.just("mark"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("clear"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("flush"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("work"), st.integers(1, 4), st.just(0)),
+    st.tuples(st.just("recovered"), st.integers(1, 4), st.just(0)),
+    st.tuples(st.just("remote"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("deliver"), st.integers(1, 4), st.integers(1, 6)),
+    st.tuples(st.just("write"), st.integers(1, 4), st.integers(1, 9)),
+)
+_OPS = st.lists(_WORK, max_size=25)
+_SPLITS = st.sampled_from(
+    [
+        (({1, 2, 3}, {4}), {1, 2, 3}),
+        (({1, 2}, {3, 4}), {1, 2}),
+        (({2, 3, 4}, {1}), {2, 3, 4}),
+        (({1, 3, 4}, {2}), {1, 3, 4}),
+    ]
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("CLOGFS_HYPOTHESIS_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(_OPS, _SPLITS, _OPS, _OPS, st.sampled_from([LogType.DISK, LogType.CORE]))
+def test_random_work_across_a_partition_and_its_heal_ends_in_agreement(
+    before: list[tuple[str, int, int]],
+    split: tuple[tuple[set[int], set[int]], set[int]],
+    during: list[tuple[str, int, int]],
+    after: list[tuple[str, int, int]],
+    log_type: LogType,
+) -> None:
+    """Any work before, during and after a split: the disk never shows a confirmed mark
+    clean, the cut-off side writes nothing, and after the heal every member agrees, every
+    request is answered and the invariants hold."""
+    h = ClusterHarness(4, region_count=16, log_type=log_type, message_limit=300)
+    parked: set[int] = set()
+    for op, node_id, arg in before:
+        _step(h, op, node_id, arg, parked)
+        h.check_disk()
+    sides, quorate = split
+    h.partition(*sides, quorate=quorate)
+    h.deliver()
+    h.deliver()
+    minority = [n for side in sides if not side & quorate for n in side]
+    writes = {n: len(h.nodes[n].writes_issued) for n in minority}
+    for op, node_id, arg in during:
+        _step(h, op, node_id, arg, parked)
+        h.check_disk()
+    h.run()
+    assert {n: len(h.nodes[n].writes_issued) for n in minority} == writes
+    h.heal()
+    for op, node_id, arg in after:
+        _step(h, op, node_id, arg, parked)
+        h.check_disk()
+    h.run()
+    for node in h.synced_nodes():  # recoveries finish, so gated FLUSHes (§6.4) can be answered
+        replica = node.replica
+        if node.assigned is not None and replica and replica.phase is Phase.SYNCED:
+            h.request(node.node_id, RT.SET_REGION_SYNC, SetRegionSync(node.assigned, True))
+            node.assigned = None
+    h.run()
+    assert len(h.synced_nodes()) == 4
+    h.check_agreement()
+    for node in h.synced_nodes():
+        check_invariants(node.instance.state)
+    for node in h.nodes.values():
+        assert node.replica is not None
+        assert node.replica.outstanding == 0, f"node {node.node_id} has unanswered requests"
