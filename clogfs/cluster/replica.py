@@ -100,18 +100,22 @@ Rules
      the group's (its kernel may hold hints up to it, I5). Every member applies it
      (``RegionState.reassert``: only ever more conservative); the waits held across the
      yield are covered by it, so a held FLUSH is confirmed after the leader's next write.
-     A recovery assigned to this node before the yield proves nothing afterwards (the
-     group may have written the region meanwhile): its SET_REGION_SYNC(r, 1) is answered 0
-     locally and dropped. A departing member (rule 8) that yields writes nothing and
-     answers its departure.
+     A recovery assigned to this node before the yield that the installed state no longer
+     assigns to it proves nothing (the group may have written the region meanwhile): its
+     SET_REGION_SYNC(r, 1) is answered 0 locally and dropped. A departing member (rule 8)
+     that yields writes nothing and answers its departure.
    - without a merge (e.g. expected votes lowered): the replica goes on and starts the
      writes it deferred.
 
+   - when no side kept quorum, every side yields and no checkpoint would come: a yielder
+     that sees a JOIN of every other member that could hold the state (or none left), and
+     has the lowest id of them, takes its own copy back, applies the steps since its yield
+     as the holder (serving each JOIN a checkpoint at its point), writes the whole state
+     and leads; the others install that and re-assert on top of it.
+
    Limits (decisions): the quorate side never yields. With ``enforce_quorum`` off nobody is
-   ever stale, so a healed group keeps two state holders (two leaders) and is not merged;
-   when no side kept quorum every side yields and nobody serves the checkpoints, so those
-   FLUSHes stay held until the mirror is reactivated. A write the cut-off node had already
-   started when it lost quorum may still land.
+   ever stale, so a healed group keeps two state holders (two leaders) and is not merged.
+   A write the cut-off node had already started when it lost quorum may still land.
 
 Phases (``Phase``), and the steps that move between them::
 
@@ -389,6 +393,10 @@ class Replica:
         self._merged: set[int] = set()  # members that came back by a merge while stale
         self._reassert: list[Reassert] = []  # sent once a yield's checkpoint is installed
         self._lost_recovery: int | None = None  # region assigned to us before a yield
+        # since a yield until the checkpoint: every step, and whether it is ours already
+        # applied (our JOIN, our requests sent before it); the JOINs of the others
+        self._since_yield: list[tuple[Delivered | Membership, bool]] | None = None
+        self._joins_seen: set[int] = set()
         self._out: list[ReplicaAction] = []
         instance.cluster_writer = False
 
@@ -483,8 +491,12 @@ class Replica:
             return
         kind = request.request_type
         if kind is RequestType.GET_RESYNC_WORK and self.stale:
-            # rule 10: a partition without quorum hands out no recovery (its cursor stays)
-            self._emit(Answer(event.token, Reply(ResyncWork(0, 0))))
+            # rule 10: a partition without quorum hands out no new recovery (its cursor
+            # stays); a region already ours is ours again, as for a resent request
+            recovering = self.instance.state.recovering
+            mine = recovering is not None and recovering[1] == self.node_id
+            work = ResyncWork(1, recovering[0]) if recovering and mine else ResyncWork(0, 0)
+            self._emit(Answer(event.token, Reply(work)))
             return
         args = request.args
         if (
@@ -611,12 +623,16 @@ class Replica:
     # -- joining (rule 7) ------------------------------------------------------------------
 
     def _joining_step(self, event: Delivered | Membership) -> None:
+        if self._since_yield is not None:
+            self._track_yield(event)
         if isinstance(event, Membership):
             self.members = event.members
             self._maybe_synced -= {node for node, _reason in event.left}
             if self._join_delivered:
                 self._buffer.append(event)
-            if not self._maybe_synced:
+            if self._nobody_holds_the_state():
+                self._restore()
+            elif not self._maybe_synced:
                 self._fail("every member holding the log state left before the checkpoint")
             return
         message = event.message
@@ -637,6 +653,64 @@ class Replica:
             and message.session == self.session
         ):
             self._checkpoint_piece(message)
+        elif self._nobody_holds_the_state():
+            self._restore()
+
+    def _track_yield(self, event: Delivered | Membership) -> None:
+        """Record a step after our yield, for :meth:`_restore` (rule 10)."""
+        ours = False
+        if isinstance(event, Membership):
+            self._joins_seen -= {node for node, _reason in event.left}
+        elif isinstance(event.message, Join) and event.sender == event.message.node:
+            if event.sender == self.node_id:
+                ours = event.message.session == self.session
+            else:
+                self._joins_seen.add(event.sender)
+        elif isinstance(event.message, Request) and not self._join_delivered:
+            ours = event.sender == event.message.originator == self.node_id
+        assert self._since_yield is not None
+        self._since_yield.append((event, ours))
+
+    def _nobody_holds_the_state(self) -> bool:
+        """After our yield: every member that could hold the state asks for it too, and we
+        have the lowest id of them (rule 10): no checkpoint will come, ours is the copy."""
+        if self._since_yield is None or self.phase is not Phase.JOINING:
+            return False
+        if not self._maybe_synced:
+            return True
+        return self._maybe_synced <= self._joins_seen and self.node_id < min(self._maybe_synced)
+
+    def _restore(self) -> None:
+        """No side kept the state through a partition: take our own copy back and lead.
+
+        The steps since the yield are applied as if we had held the state all along (ours,
+        applied already, only counted), so every JOIN among them is served a checkpoint at
+        its own point; the yielders then re-assert their views on top (rule 10).
+        """
+        steps, self._since_yield = self._since_yield or [], None
+        self._joins_seen = set()
+        self._buffer, self._transfer, self._reassert = [], None, []
+        self._lost_recovery = None  # our assignment is in the state again: its end counts
+        self.index = 0
+        self.synced, self.departed, self.joins = {self.node_id}, set(), {}
+        self.leader = self.node_id
+        self.instance.state.members = frozenset(self.synced)
+        self._enter(Phase.SYNCED)
+        for wait in self._waits:
+            if wait.index == _UNCOVERED:
+                wait.index = self.index
+                wait.durable = not self.is_disk
+        self._emit(Warn("no member kept the log state through the partition: this node's "
+                        "copy is taken (the lowest id of those that yielded)"))  # fmt: skip
+        self._take_over()
+        for step, ours in steps:
+            if self.phase is not Phase.SYNCED:
+                break
+            if ours:
+                self.index += 1
+            else:
+                self._step(step)
+        self._confirm()
 
     def _early_own_request(self, message: Request) -> None:
         """Our request sent before a yield, delivered before our JOIN (rule 10).
@@ -705,6 +779,9 @@ class Replica:
         for message in self._reassert:  # a yield (rule 10): what our kernel relies on
             self._emit(Multicast(message))
         self._reassert = []
+        self._since_yield, self._joins_seen = None, set()
+        if instance.state.recovering == (self._lost_recovery, self.node_id):
+            self._lost_recovery = None  # the group's state still assigns it to us
         buffered, self._buffer = self._buffer, []
         for position, step in enumerate(buffered):
             if transfer.join_index + 1 + position > transfer.taken_at:
@@ -773,6 +850,8 @@ class Replica:
             return
         if kind in _DURABLE_KINDS and self.is_disk and self.is_leader:
             self._commit_wanted = True
+        if mine and kind is RequestType.GET_RESYNC_WORK:
+            self._lost_recovery = None  # the kernel is done with it: it asks for more
         if mine:
             if kind in _DEPARTURES:
                 self.synced.discard(self.node_id)
@@ -1050,13 +1129,14 @@ class Replica:
         self.synced, self.departed, self.joins, self.leader = set(), set(), {}, None
         state.members = frozenset()
         self._buffer, self._transfer, self._join_delivered = [], None, False
+        self._since_yield, self._joins_seen = [], set()
         self._maybe_synced = set(self.members) - {me}
         self._enter(Phase.JOINING)
         self._emit(Warn(f"partition merged with nodes {merged}: this node's state yields to "
                         "the group's (it had no quorum); rejoining"))  # fmt: skip
         self._emit(Multicast(Join(me, self.session)))
         if not self._maybe_synced:
-            self._fail("a merge left no other member to take the state from")
+            self._restore()
 
     def _gated(self) -> bool:
         """Semantics §6.4: this node marks a region assigned for recovery to another node."""

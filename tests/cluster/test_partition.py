@@ -178,6 +178,9 @@ _SPLITS = st.sampled_from(
         (({1, 2}, {3, 4}), {1, 2}),
         (({2, 3, 4}, {1}), {2, 3, 4}),
         (({1, 3, 4}, {2}), {1, 3, 4}),
+        (({1, 2}, {3, 4}), set()),  # no side kept quorum
+        (({3, 4}, {1}, {2}), set()),
+        (({1}, {2}, {3}, {4}), set()),
     ]
 )
 
@@ -205,8 +208,8 @@ def test_random_work_across_a_partition_and_its_heal_ends_in_agreement(
         h.check_disk()
     sides, quorate = split
     h.partition(*sides, quorate=quorate)
-    h.deliver()
-    h.deliver()
+    while any(item[0] == "side" for item in h.bus):  # writes begun before that may land
+        h.deliver()
     minority = [n for side in sides if not side & quorate for n in side]
     writes = {n: len(h.nodes[n].writes_issued) for n in minority}
     for op, node_id, arg in during:
@@ -232,3 +235,22 @@ def test_random_work_across_a_partition_and_its_heal_ends_in_agreement(
     for node in h.nodes.values():
         assert node.replica is not None
         assert node.replica.outstanding == 0, f"node {node.node_id} has unanswered requests"
+
+
+@pytest.mark.parametrize("log_type", [LogType.DISK, LogType.CORE])
+def test_no_side_kept_quorum_the_lowest_yielder_takes_its_copy_back(log_type: LogType) -> None:
+    h = ClusterHarness(3, log_type=log_type, sync_mode=SyncMode.NOSYNC)
+    h.partition({1}, {2}, {3})  # nobody is quorate
+    h.run()
+    held = {n: flushed_mark(h, n, 40 + n) for n in (1, 2, 3)}
+    assert all(h.answer(n, token) is None for n, token in held.items())
+    h.heal()
+    h.run()
+    assert {n: h.answer(n, token) for n, token in held.items()} == {1: OK, 2: OK, 3: OK}
+    assert any("copy is taken" in w for w in h.nodes[1].warnings)
+    h.check_agreement()
+    state = h.nodes[2].instance.state
+    assert {r: state.marks.get(r) for r in (41, 42, 43)} == {41: {1}, 42: {2}, 43: {3}}
+    if log_type is LogType.DISK:
+        assert not any(h.disk_clean(r) for r in (41, 42, 43))
+    assert h.answer(3, flushed_mark(h, 3, 50)) == OK
