@@ -307,7 +307,7 @@ def test_disk_log_on_shared_image_holds_every_nodes_marks(
     cleared = threading.Barrier(len(NODES))
     looked_again = threading.Barrier(len(NODES))
     # one node suspends at a time, so each departure is seen on its own; all members
-    # suspending at once is covered in memory (tests/cluster/test_replica.py)
+    # suspending at once: test_all_members_suspend_at_once_and_the_last_write_keeps_the_marks
     departed = [threading.Barrier(len(NODES)) for _ in NODES]
 
     def dirty_on_disk() -> set[int]:
@@ -506,6 +506,194 @@ def test_leader_killed_new_leader_confirms_flush_and_keeps_crash_marks_on_disk(
     ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
     results = on_all_nodes(rig3, tmp_path, b"CLUSTER-LEADER-1", ctr, body)
     assert results[2] == results[3] == {11, 22}
+
+
+class ImageWatch:
+    """A thread that reads the shared image every few ms while the nodes run.
+
+    ``require`` adds regions the log has confirmed dirty (a FLUSH answered after their MARK)
+    and that no node clears afterwards: every read that starts after that must show them
+    dirty. The set is copied before each read starts, so a read racing with the answer never
+    counts against the daemons; a read torn by a concurrent write still shows them dirty,
+    since every write after the answer has them dirty.
+    """
+
+    def __init__(self, image: Path) -> None:
+        self.image = image
+        self.reads = 0
+        self.violations: list[tuple[int, set[int], set[int]]] = []
+        self._required: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="image-watch", daemon=True)
+
+    def require(self, regions: set[int]) -> None:
+        with self._lock:
+            self._required |= regions
+
+    def dirty(self) -> set[int]:
+        return decode_disk(self.image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                required = set(self._required)
+            dirty = self.dirty()
+            self.reads += 1
+            if not required <= dirty:
+                self.violations.append((self.reads, required, dirty))
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> ImageWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_leader_frozen_mid_flush_new_leader_confirms_it_after_its_full_write(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """Disk log, node 1 the leader (first member) with 11 and 12 marked, node 3 with 33
+    marked, all confirmed. Node 1's clogfsd is stopped (SIGSTOP): it stays a member but can
+    neither write nor announce DURABLE. Node 2's MARK(22) + FLUSH and node 3's MARK(32) +
+    FLUSH are then in flight: for 1.5 s neither FLUSH is answered and the image does not show
+    22 or 32 (no other node writes). Node 1's clogfsd is SIGKILLed: node 2 takes over, writes
+    the whole state, and both FLUSHes are answered 0; right after each answer the image shows
+    22, 32 and node 1's 11 and 12 dirty, and 11 and 12 answer IN_SYNC 0 on nodes 2 and 3.
+    No read of the image, from node 1's FLUSH to the end, shows a confirmed mark clean."""
+    held_for = 1.5  # seconds the FLUSHes must stay unanswered while the leader is frozen
+    image = make_image(tmp_path / "shared-log.img")
+    first = threading.Barrier(len(NODES))
+    created = threading.Barrier(len(NODES))
+    marked = threading.Barrier(len(NODES))
+    frozen = threading.Barrier(len(NODES))
+    held = threading.Barrier(len(NODES))
+    killed = threading.Barrier(len(NODES))
+    looked = threading.Barrier(len(NODES))
+    departed = [threading.Barrier(len(NODES)) for _ in (3, 2)]
+    early = {1: {11, 12}, 3: {33}}  # marked and flushed before the freeze
+    late = {2: 22, 3: 32}  # marked and flushed while the leader is frozen
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
+        if node_id == 1:
+            await mirror.create()
+        await meet(first)
+        if node_id != 1:
+            await mirror.create()
+        await meet(created)
+        if node_id in early:
+            await mirror.call(T.MARK_REGION, tuple(sorted(early[node_id])))
+            await mirror.call(T.FLUSH, ())
+            watch.require(early[node_id])
+        await meet(marked)
+        if node_id == 1:
+            daemon.process.send_signal(signal.SIGSTOP)
+        await meet(frozen)
+        if node_id == 1:
+            await meet(held)
+            daemon.process.send_signal(signal.SIGKILL)
+            await daemon.wait(DEADLINE)
+            await meet(killed)
+            await meet(looked)
+            for barrier in departed:
+                await meet(barrier)
+            return None
+        region = late[node_id]
+        await mirror.call(T.MARK_REGION, (region,))  # answered at its delivery: no leader
+        answered = trio.Event()
+
+        async def flush() -> None:
+            await mirror.call(T.FLUSH, ())  # raises unless answered 0
+            answered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            await trio.sleep(held_for)
+            unanswered = not answered.is_set()
+            dirty_while_frozen = watch.dirty()
+            await meet(held)
+            await meet(killed)
+            with trio.fail_after(DEADLINE):
+                await answered.wait()
+        dirty_after = watch.dirty()
+        watch.require({region})
+        in_sync = {r: bool(await mirror.call(T.IN_SYNC, r)) for r in (11, 12, region)}
+        await meet(looked)
+        for departing, barrier in zip((3, 2), departed, strict=True):  # the leader last
+            if node_id == departing:
+                await mirror.suspend()
+                await mirror.remove()
+            await meet(barrier)
+        return unanswered, dirty_while_frozen, dirty_after, in_sync
+
+    ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
+    with ImageWatch(image) as watch:
+        results = on_all_nodes(rig3, tmp_path, b"CLUSTER-FROZEN-1", ctr, body)
+    for node_id in (2, 3):
+        unanswered, dirty_while_frozen, dirty_after, in_sync = results[node_id]
+        assert unanswered, f"node {node_id}'s FLUSH was answered while the leader was frozen"
+        assert dirty_while_frozen == {11, 12, 33}
+        assert {11, 12, 33, late[node_id]} <= dirty_after
+        assert in_sync == {11: False, 12: False, late[node_id]: True}
+    assert watch.violations == []
+    assert watch.reads > 100
+    assert watch.dirty() == {11, 12, 22, 32, 33}  # the orderly departures keep their marks
+
+
+def test_all_members_suspend_at_once_and_the_last_write_keeps_the_marks(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """Disk log: each node n marks n*10 and n*10+1 (FLUSH), then clears n*10 (no FLUSH: the
+    image still shows it dirty). Then all three send PRESUSPEND, and once all are halted,
+    POSTSUSPEND and DTR at the same time: the leader's departure may be delivered before the
+    others', so the lowest departing member still in the group takes over (replica rule 8).
+    Every PRESUSPEND, POSTSUSPEND and DTR is answered 0 on every node, and the image shows
+    the final state: the parked marks 11, 21, 31 dirty, the cleared 10, 20, 30 clean."""
+    image = make_image(tmp_path / "shared-log.img")
+    first = threading.Barrier(len(NODES))
+    created = threading.Barrier(len(NODES))
+    flushed = threading.Barrier(len(NODES))
+    looked = threading.Barrier(len(NODES))
+    cleared = threading.Barrier(len(NODES))
+    looked_again = threading.Barrier(len(NODES))
+    presuspended = threading.Barrier(len(NODES))
+
+    def dirty_on_disk() -> set[int]:
+        return decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
+        if node_id == 1:
+            await mirror.create()
+        await meet(first)
+        if node_id != 1:
+            await mirror.create()
+        await meet(created)
+        await mirror.call(T.MARK_REGION, (node_id * 10, node_id * 10 + 1))
+        await mirror.call(T.FLUSH, ())
+        await meet(flushed)
+        marked = dirty_on_disk()
+        await meet(looked)
+        # every FLUSH is answered, so no log write is running or due: a CLEAR alone starts none
+        await mirror.call(T.CLEAR_REGION, (node_id * 10,))
+        await meet(cleared)
+        unwritten = dirty_on_disk()
+        await meet(looked_again)
+        await mirror.call(T.PRESUSPEND)
+        await meet(presuspended)
+        await mirror.call(T.POSTSUSPEND)  # all three departures at once
+        await mirror.call(T.DTR)
+        return marked, unwritten
+
+    ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
+    results = on_all_nodes(rig3, tmp_path, b"CLUSTER-ALL-DEPART-1", ctr, body)
+    every_mark = {10, 11, 20, 21, 30, 31}
+    assert results == {n: (every_mark, every_mark) for n in NODES}
+    header = decode_disk(image.read_bytes()[:BLOCK], REGIONS)
+    assert (header.magic, header.nr_regions) == (KERNEL_MAGIC, REGIONS)
+    assert header.dirty_regions(REGIONS) == {11, 21, 31}
 
 
 def test_no_corosync_exits_with_cluster_code(tmp_path: Path) -> None:
