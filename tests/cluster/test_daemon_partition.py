@@ -133,3 +133,59 @@ def test_isolated_node_holds_flush_and_resumes_when_the_link_returns(
     assert all(not maps[1][r] for r in expected_marked)
     for _n, (_seen, dirty, _writes) in results.items():
         assert expected_marked <= dirty
+
+
+def test_every_node_cut_off_then_healed_merges_on_one_copy(
+    rig3: CorosyncRig, tmp_path: Path
+) -> None:
+    """All three links down: no node is quorate and every FLUSH is held. The links come back:
+    no side kept the state, so the lowest node's copy is taken, the others re-assert their
+    marks on it, and every held FLUSH is confirmed; all nodes then answer alike."""
+    created = threading.Barrier(len(NODES))
+    cut = threading.Barrier(len(NODES))
+    flushing = threading.Barrier(len(NODES))
+    healed = threading.Barrier(len(NODES))
+    checked = threading.Barrier(len(NODES))
+
+    async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
+        await mirror.create()
+        await meet(created)
+        await trio.to_thread.run_sync(lambda: rig3.set_link(node_id, up=False))
+        await daemon.wait_for_log("no longer quorate", timeout=DEADLINE)
+        await meet(cut)
+        await mirror.call(T.MARK_REGION, (40 + node_id,))
+        answered = trio.Event()
+
+        async def flush() -> None:
+            await mirror.call(T.FLUSH, ())
+            answered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            with trio.move_on_after(2.0):
+                await answered.wait()
+            held = not answered.is_set()
+            await meet(flushing)
+            await trio.to_thread.run_sync(lambda: rig3.set_link(node_id, up=True))
+            with trio.fail_after(DEADLINE):
+                await answered.wait()
+        await meet(healed)
+        await mirror.call(T.FLUSH, ())
+        seen = await clean_map(mirror)
+        await meet(checked)
+        await mirror.suspend()
+        await mirror.remove()
+        return held, seen
+
+    ctr = f"clustered-core {REGION_SECTORS} nosync"
+    try:
+        results = on_all_nodes(rig3, tmp_path, b"CLUSTER-HEAL-2", ctr, body)
+    finally:
+        for node_id in NODES:
+            rig3.set_link(node_id, up=True)
+        rig3.wait_formed()
+        rig3.wait_quorate(3, True)
+    assert all(held for held, _seen in results.values())
+    maps = [seen for _held, seen in results.values()]
+    assert maps[0] == maps[1] == maps[2]
+    assert [r for r in range(REGIONS) if not maps[0][r]] == [41, 42, 43]
