@@ -21,7 +21,7 @@ from clogfs.log.instance import Reply
 from clogfs.netlink.requests import RequestType as RT
 from clogfs.netlink.requests import ResyncWork, SetRegionSync
 from tests.cluster.harness import ClusterHarness
-from tests.cluster.test_replica import OK, _step, flushed_mark
+from tests.cluster.test_replica import OK, WORK_OPS, _step, flushed_mark
 from tests.core.support import check_invariants
 
 
@@ -162,14 +162,8 @@ def test_node_suspended_while_cut_off_departs_at_the_merge_without_writing() -> 
 
 
 _WORK = st.one_of(
-    st.tuples(st.just("mark"), st.integers(1, 4), st.integers(0, 15)),
-    st.tuples(st.just("clear"), st.integers(1, 4), st.integers(0, 15)),
-    st.tuples(st.just("flush"), st.integers(1, 4), st.integers(0, 15)),
-    st.tuples(st.just("work"), st.integers(1, 4), st.just(0)),
-    st.tuples(st.just("recovered"), st.integers(1, 4), st.just(0)),
-    st.tuples(st.just("remote"), st.integers(1, 4), st.integers(0, 15)),
-    st.tuples(st.just("deliver"), st.integers(1, 4), st.integers(1, 6)),
-    st.tuples(st.just("write"), st.integers(1, 4), st.integers(1, 9)),
+    *WORK_OPS,
+    st.tuples(st.just("write"), st.integers(1, 4), st.integers(1, 9)),  # writes succeed
 )
 _OPS = st.lists(_WORK, max_size=25)
 _SPLITS = st.sampled_from(

@@ -671,15 +671,19 @@ def test_install_refuses_inconsistent_fields_and_changes_nothing(
 
 # --- random interleavings -----------------------------------------------------------------
 
+# a kernel's requests, deliveries and device completions on four nodes (no membership change)
+WORK_OPS = (
+    st.tuples(st.just("mark"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("clear"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("flush"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("work"), st.integers(1, 4), st.just(0)),
+    st.tuples(st.just("recovered"), st.integers(1, 4), st.just(0)),
+    st.tuples(st.just("remote"), st.integers(1, 4), st.integers(0, 15)),
+    st.tuples(st.just("deliver"), st.integers(1, 4), st.integers(1, 6)),
+)
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("mark"), st.integers(1, 4), st.integers(0, 15)),
-        st.tuples(st.just("clear"), st.integers(1, 4), st.integers(0, 15)),
-        st.tuples(st.just("flush"), st.integers(1, 4), st.integers(0, 15)),
-        st.tuples(st.just("work"), st.integers(1, 4), st.just(0)),
-        st.tuples(st.just("recovered"), st.integers(1, 4), st.just(0)),
-        st.tuples(st.just("remote"), st.integers(1, 4), st.integers(0, 15)),
-        st.tuples(st.just("deliver"), st.integers(1, 4), st.integers(1, 6)),
+        *WORK_OPS,
         st.tuples(st.just("write"), st.integers(1, 4), st.integers(0, 9)),
         st.tuples(st.just("join"), st.integers(1, 4), st.just(0)),
         st.tuples(st.just("suspend"), st.integers(1, 4), st.just(0)),
