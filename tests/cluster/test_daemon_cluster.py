@@ -401,7 +401,7 @@ def test_partition_without_quorum_holds_flush(rig3: CorosyncRig, tmp_path: Path)
             await mirror.call(T.FLUSH, ())
             answered = True
         await meet(checked)
-        if node_id == 3:  # its state diverged from the majority's: it leaves for good
+        if node_id == 3:  # the heal is test_daemon_partition's: here it just goes
             daemon.process.kill()
             await daemon.wait(DEADLINE)
             return answered
