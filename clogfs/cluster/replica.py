@@ -816,7 +816,7 @@ class Replica:
             self._emit(Warn(f"REQUEST from node {sender} claims originator {message.originator}"))
             return
         mine = message.originator == self.node_id
-        request = LogRequest(message.request_type, message.args, message.originator)
+        request = self._log_request(message)
         if message.originator in self.departed:
             # sent before its sender's departure was delivered: that instance is no longer
             # resumed, so the request acts on the sender's own copy only (semantics.md §2.3)
@@ -866,6 +866,10 @@ class Replica:
         if mine and kind in _DEPARTURES:
             self._enter(Phase.DEPARTING)
             self._confirm()
+
+    @staticmethod
+    def _log_request(message: Request) -> LogRequest:
+        return LogRequest(message.request_type, message.args, message.originator)
 
     def _apply_to_state(self, request: LogRequest) -> Reply:
         """A data-path request applied to the replicated state by a departing member.
@@ -1041,6 +1045,11 @@ class Replica:
                 self._emit(Warn("every member holding the log state left before our answers"))
         elif isinstance(event.message, Durable):
             self._durable(event.message)
+        elif isinstance(event.message, Request) and event.sender == self.node_id:
+            # sent before our departure was delivered: our own copy only (rule 2, §2.3)
+            request = event.message
+            if request.originator == self.node_id:
+                self._answer(request.token, self._local_only(self._log_request(request)))
         self._confirm()
 
     # -- durability (rules 4, 5) ---------------------------------------------------------------
@@ -1161,6 +1170,7 @@ class Replica:
         if (
             self.phase is Phase.DEPARTING
             and not self._waits
+            and not self._tokens  # our requests still on their way back to us (rule 8)
             and self._write is None
             and not self._commit_wanted
         ):

@@ -770,3 +770,15 @@ def test_random_interleavings_keep_members_identical_and_the_disk_safe(
     for node in h.nodes.values():
         if node.replica is not None:
             assert node.replica.outstanding == 0, f"node {node.node_id} has unanswered requests"
+
+
+@pytest.mark.parametrize("node", [1, 2])  # the leader, a member
+def test_request_sent_just_before_own_departure_is_answered_from_the_own_copy(node: int) -> None:
+    h = ClusterHarness(2)
+    _pre, post = h.suspend(node)
+    mark = h.request(node, RT.MARK_REGION, (3,))  # multicast before POSTSUSPEND is delivered
+    h.run()
+    assert h.answer(node, post) == OK
+    assert h.answer(node, mark) == OK
+    assert h.nodes[node].replica is None  # left only after that answer
+    assert any("MARK_REGION after this node left" in w for w in h.nodes[node].warnings)
