@@ -5,8 +5,11 @@ log instance the kernel resumes it starts a *member* task that joins the log's C
 by :func:`group_name` from the log uuid), builds the instance's :class:`Replica`, feeds it every
 CPG event in corosync's total order and carries out its actions, in order:
 
-- ``Multicast``: encoded and queued for the member's one sender task, so messages leave in the
-  order the replica produced them (``CpgGroup.send`` may wait out ``CS_ERR_TRY_AGAIN``);
+- ``Multicast``: encoded and multicast at once (``CpgGroup.try_send``, a short IPC call to the
+  local corosync) when nothing is queued; otherwise, or when corosync answers
+  ``CS_ERR_TRY_AGAIN`` or the call fails, queued for the member's one sender task
+  (``CpgGroup.send`` waits out ``CS_ERR_TRY_AGAIN``; a failure is raised there, in the member
+  task). Either way messages leave in the order the replica produced them;
 - ``Answer``: the waiting kernel request is answered through ``ClusterIO.answer``;
 - ``Write`` / ``ReadDevice``: the service's device I/O for the instance (``ClusterIO.write_log`` /
   ``ClusterIO.read_log``) in a task of the member; the outcome goes back as ``WriteDone`` /
@@ -143,6 +146,8 @@ class _Member:
     waiting: set[int] = field(default_factory=set)  # ids of tokens not answered yet
     tokens: dict[int, object] = field(default_factory=dict)
     outbox: trio.MemorySendChannel[bytes] | None = None
+    group: CpgGroup | None = None  # set while the sender task runs: direct multicasts allowed
+    queued: int = 0  # messages handed to the sender task and not yet accepted by corosync
     nursery: trio.Nursery | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -306,8 +311,13 @@ class ClusterBackend:
         receive: trio.MemoryReceiveChannel[bytes],
         scope: trio.CancelScope,
     ) -> None:
-        async for payload in receive:
-            await group.send(payload)
+        member.group = group
+        try:
+            async for payload in receive:
+                await group.send(payload)
+                member.queued -= 1
+        finally:
+            member.group = None
         scope.cancel()  # Leave: everything sent, now leave the group
 
     def _feed(self, member: _Member, event: ReplicaEvent) -> None:
@@ -328,8 +338,7 @@ class ClusterBackend:
     def _carry_out(self, member: _Member, actions: list[ReplicaAction]) -> None:
         for action in actions:
             if isinstance(action, Multicast):
-                assert member.outbox is not None
-                member.outbox.send_nowait(messages.encode(action.message))
+                self._multicast(member, messages.encode(action.message))
             elif isinstance(action, Answer):
                 self._answer(member, action.token, action.reply)
             elif isinstance(action, Write):
@@ -350,6 +359,29 @@ class ClusterBackend:
                     self._forget(member)
                 if member.outbox is not None:
                     member.outbox.close()
+
+    def _multicast(self, member: _Member, payload: bytes) -> None:
+        """Multicast ``payload`` now if nothing is queued before it, else queue it (in order).
+
+        A direct attempt that corosync answers ``CS_ERR_TRY_AGAIN``, or that fails, queues the
+        message too: the sender task waits out ``CS_ERR_TRY_AGAIN``, and redoes a failed call
+        so its error ends the member task exactly as it did before direct multicasts.
+        """
+        outbox = member.outbox
+        assert outbox is not None
+        group = member.group
+        if (
+            group is not None
+            and member.queued == 0
+            and outbox.statistics().open_send_channels  # not closed (Leave, detach)
+        ):
+            try:
+                if group.try_send(payload):
+                    return
+            except Exception:  # raised again by the sender task's send, in the member task
+                pass
+        outbox.send_nowait(payload)
+        member.queued += 1
 
     async def _write(self, member: _Member, write: WriteLog) -> None:
         ok, flush_ok = await member.io.write_log(member.instance, write)

@@ -4,9 +4,10 @@ This is the only module that touches cffi. It declares the parts of corosync's p
 clogfs uses (``corosync/corotypes.h``, ``corosync/cpg.h``, ``corosync/quorum.h``, corosync 3.1),
 loads the libraries on first use, and offers:
 
-- ``open_cpg_group(name)``: a joined CPG group. ``CpgGroup.send`` multicasts with AGREED order;
-  ``CpgGroup.receive`` (or ``async for``) yields ``Deliver``, ``ConfChange`` and ``TotemChange``
-  events in corosync's total order, this member's own messages included.
+- ``open_cpg_group(name)``: a joined CPG group. ``CpgGroup.send`` multicasts with AGREED order
+  (``CpgGroup.try_send``: one synchronous attempt); ``CpgGroup.receive`` (or ``async for``)
+  yields ``Deliver``, ``ConfChange`` and ``TotemChange`` events in corosync's total order, this
+  member's own messages included.
 - ``QuorumHandle``: the low-level quorum service handle used by ``clogfs.cluster.quorum``.
 
 How corosync is driven (spec/cluster.md): the handle's fd is waited on with
@@ -399,6 +400,26 @@ class CpgGroup:
             self._gone = exc
             log.error("corosync went away (group %r, node %d): %s", self.name, self.node_id, exc)
 
+    def _mcast_attempt(self, payload: bytes) -> Callable[[], int]:
+        """One ``cpg_mcast_joined`` of ``payload`` per call (checked for use and size first)."""
+        self._usable()
+        if len(payload) > self.max_message_bytes:
+            raise LocalProtocolError(
+                f"CPG message of {len(payload)} bytes exceeds {self.max_message_bytes}"
+            )
+        iov = ffi.new("struct iovec *")
+        buffer = ffi.from_buffer(payload)
+        iov.iov_base = buffer
+        iov.iov_len = len(payload)
+        lib, handle = self._lib, self._handle
+
+        def attempt() -> int:
+            _keep = buffer  # the iovec points into it
+            result: int = lib.cpg_mcast_joined(handle, CPG_TYPE_AGREED, iov, 1)
+            return result
+
+        return attempt
+
     async def send(self, payload: bytes) -> None:
         """Multicast ``payload`` to the group with AGREED (total) order.
 
@@ -412,25 +433,33 @@ class CpgGroup:
             CorosyncError: corosync refused the message.
             trio.ClosedResourceError: the group was left.
         """
-        self._usable()
-        if len(payload) > self.max_message_bytes:
-            raise LocalProtocolError(
-                f"CPG message of {len(payload)} bytes exceeds {self.max_message_bytes}"
-            )
-        iov = ffi.new("struct iovec *")
-        buffer = ffi.from_buffer(payload)
-        iov.iov_base = buffer
-        iov.iov_len = len(payload)
-
-        def attempt() -> int:
-            result: int = self._lib.cpg_mcast_joined(self._handle, CPG_TYPE_AGREED, iov, 1)
-            return result
-
+        attempt = self._mcast_attempt(payload)
         try:
             self.try_again_count += await retry_try_again("cpg_mcast_joined", attempt)
         except CorosyncError as exc:
             self._note_gone(exc)
             raise
+
+    def try_send(self, payload: bytes) -> bool:
+        """One synchronous attempt of :meth:`send` (no checkpoint): False on ``CS_ERR_TRY_AGAIN``.
+
+        ``cpg_mcast_joined`` is a short IPC call to the local corosync, so a caller with
+        nothing queued can multicast at once and fall back to :meth:`send` (which waits out
+        ``CS_ERR_TRY_AGAIN``) only when this answers False.
+
+        Raises:
+            The same as :meth:`send`, except that ``CS_ERR_TRY_AGAIN`` is answered False.
+        """
+        result = self._mcast_attempt(payload)()
+        if result == CsError.ERR_TRY_AGAIN:
+            self.try_again_count += 1
+            return False
+        try:
+            _check("cpg_mcast_joined", result)
+        except CorosyncError as exc:
+            self._note_gone(exc)
+            raise
+        return True
 
     async def receive(self) -> CpgEvent:
         """Return the next event of the group, in corosync's total order.
