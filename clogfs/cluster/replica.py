@@ -86,8 +86,9 @@ Rules
 10. **Partitions.** CPG keeps delivering inside a partition, and each side sees the others
    crash (rule 8), so the sides' states diverge. With quorum enforced, a member holding the
    state that loses quorum is *stale*: it starts no log write (not even the take-over write
-   of a leader it lost: the shared device belongs to the quorate side), hands out no
-   recovery (its own GET_RESYNC_WORK is answered ``{0, 0}`` locally, so its cursor stays)
+   of a leader it lost: the shared device belongs to the quorate side), hands out no new
+   recovery (its own GET_RESYNC_WORK is answered locally: its own assignment again, else
+   ``{0, 0}``, so its cursor stays)
    and confirms no FLUSH (rule 5). The shell gives every :class:`Membership` this node's
    quorum at that change, so a cut-off node is stale before it applies the change. When
    quorum returns:
@@ -525,10 +526,11 @@ class Replica:
         """A request after this node's departure: local copy only (semantics.md §2.3)."""
         self._emit(Answer(event.token, self._local_only(event.request)))
 
-    def _local_only(self, request: LogRequest) -> Reply:
+    def _local_only(self, request: LogRequest, *, warn: bool = True) -> Reply:
         """Apply this node's request to its own copy only, with a warning (§2.3)."""
-        name = request.request_type.name
-        self._emit(Warn(f"{name} after this node left the group: applied locally only"))
+        if warn:
+            name = request.request_type.name
+            self._emit(Warn(f"{name} after this node left the group: applied locally only"))
         try:
             outcome = self.instance.handle(request)
         except ClogfsError as exc:
@@ -723,13 +725,7 @@ class Replica:
         if kind in _DURABLE_KINDS:
             self._waits.append(_Wait(message.token, _UNCOVERED, kind))
             return
-        request = LogRequest(kind, message.args, self.node_id)
-        try:
-            outcome = self.instance.handle(request)
-        except ClogfsError as exc:
-            self._answer(message.token, Reply(error=_negative_errno(exc)))
-            return
-        self._answer(message.token, outcome if isinstance(outcome, Reply) else Reply())
+        self._answer(message.token, self._local_only(self._log_request(message), warn=False))
 
     def _checkpoint_piece(self, chunk: CheckpointChunk) -> None:
         transfer = self._transfer
