@@ -146,6 +146,17 @@ def on_all_nodes(rig: CorosyncRig, tmp: Path, uuid: bytes, ctr_args: str, body: 
     )
 
 
+async def create_with_node_1_first(
+    node_id: int, mirror: EmulatedMirror, first: threading.Barrier
+) -> None:
+    """Node 1 creates the log (so it loads it and leads) before the others create theirs."""
+    if node_id == 1:
+        await mirror.create()
+    await meet(first)
+    if node_id != 1:
+        await mirror.create()
+
+
 async def clean_map(mirror: EmulatedMirror) -> list[bool]:
     """IS_CLEAN of every region, from this node's replica."""
     return [bool(await mirror.call(T.IS_CLEAN, r)) for r in range(REGIONS)]
@@ -471,11 +482,7 @@ def test_leader_killed_new_leader_confirms_flush_and_keeps_crash_marks_on_disk(
     departed = [threading.Barrier(len(NODES)) for _ in (3, 2)]
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
-        if node_id == 1:
-            await mirror.create()
-        await meet(first)
-        if node_id != 1:
-            await mirror.create()
+        await create_with_node_1_first(node_id, mirror, first)
         await meet(created)
         if node_id == 1:
             await mirror.call(T.MARK_REGION, (11,))
@@ -579,11 +586,7 @@ def test_leader_frozen_mid_flush_new_leader_confirms_it_after_its_full_write(
     late = {2: 22, 3: 32}  # marked and flushed while the leader is frozen
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
-        if node_id == 1:
-            await mirror.create()
-        await meet(first)
-        if node_id != 1:
-            await mirror.create()
+        await create_with_node_1_first(node_id, mirror, first)
         await meet(created)
         if node_id in early:
             await mirror.call(T.MARK_REGION, tuple(sorted(early[node_id])))
@@ -666,11 +669,7 @@ def test_all_members_suspend_at_once_and_the_last_write_keeps_the_marks(
         return decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
-        if node_id == 1:
-            await mirror.create()
-        await meet(first)
-        if node_id != 1:
-            await mirror.create()
+        await create_with_node_1_first(node_id, mirror, first)
         await meet(created)
         await mirror.call(T.MARK_REGION, (node_id * 10, node_id * 10 + 1))
         await mirror.call(T.FLUSH, ())

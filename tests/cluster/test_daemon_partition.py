@@ -24,6 +24,7 @@ from tests.cluster.test_daemon_cluster import (
     REGION_SECTORS,
     REGIONS,
     clean_map,
+    create_with_node_1_first,
     meet,
     on_all_nodes,
 )
@@ -56,11 +57,7 @@ def test_isolated_node_holds_flush_and_resumes_when_the_link_returns(
     during: dict[str, object] = {}
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
-        if node_id == 1:
-            await mirror.create()  # node 1 loads the log and leads
-        await meet(first)
-        if node_id != 1:
-            await mirror.create()
+        await create_with_node_1_first(node_id, mirror, first)
         await mirror.call(T.MARK_REGION, (node_id * 10,))  # before the cut: 10, 20, 30
         await mirror.call(T.FLUSH, ())
         await meet(created)
