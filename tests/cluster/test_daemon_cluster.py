@@ -49,6 +49,11 @@ NODES = (1, 2, 3)
 NodeBody = Callable[[int, EmulatedMirror, Daemon], Awaitable[Any]]
 
 
+def phases(count: int) -> list[threading.Barrier]:
+    """``count`` barriers for every node's thread, one per phase of a scenario."""
+    return [threading.Barrier(len(NODES)) for _ in range(count)]
+
+
 async def meet(barrier: threading.Barrier) -> None:
     """Wait (in a worker thread) until every node's thread reached ``barrier``."""
     await trio.to_thread.run_sync(barrier.wait, DEADLINE)
@@ -170,9 +175,7 @@ def own_regions(node_id: int) -> list[int]:
 def test_state_is_identical_on_all_nodes(rig3: CorosyncRig, tmp_path: Path) -> None:
     """MARK/FLUSH/CLEAR from all three nodes: every node answers IS_CLEAN and
     GET_SYNC_COUNT alike, and every node's marks are seen on the others."""
-    created = threading.Barrier(len(NODES))
-    written = threading.Barrier(len(NODES))
-    checked = threading.Barrier(len(NODES))
+    created, written, checked = phases(3)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
         await mirror.create()
@@ -203,12 +206,7 @@ def test_region_marked_by_two_nodes_stays_dirty_until_both_clear(
     rig3: CorosyncRig, tmp_path: Path
 ) -> None:
     """Nodes 1 and 2 mark region 7: it is dirty everywhere until the second CLEAR."""
-    created = threading.Barrier(len(NODES))
-    marked = threading.Barrier(len(NODES))
-    first_cleared = threading.Barrier(len(NODES))
-    seen_first = threading.Barrier(len(NODES))
-    both_cleared = threading.Barrier(len(NODES))
-    seen_both = threading.Barrier(len(NODES))
+    created, marked, first_cleared, seen_first, both_cleared, seen_both = phases(6)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool]:
         await mirror.create()
@@ -243,8 +241,7 @@ def test_region_marked_by_two_nodes_stays_dirty_until_both_clear(
 def test_late_joiner_gets_the_state(rig3: CorosyncRig, tmp_path: Path) -> None:
     """Node 3 resumes after nodes 1 and 2 marked regions: it sees their marks at once."""
     early = threading.Barrier(2)
-    joined = threading.Barrier(len(NODES))
-    done = threading.Barrier(len(NODES))
+    joined, done = phases(2)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool]:
         if node_id != 3:
@@ -274,9 +271,7 @@ def test_killed_member_leaves_its_marked_regions_out_of_sync(
 ) -> None:
     """Node 3's clogfsd is SIGKILLed while it has regions marked (a write in flight): on
     nodes 1 and 2 those regions answer IN_SYNC 0; the others stay in sync."""
-    created = threading.Barrier(len(NODES))
-    marked = threading.Barrier(len(NODES))
-    killed = threading.Barrier(len(NODES))
+    created, marked, killed = phases(3)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool] | None:
         await mirror.create()
@@ -312,14 +307,10 @@ def test_disk_log_on_shared_image_holds_every_nodes_marks(
     """A clustered-disk log on one image file shared by the three nodes: after every node's
     MARK + FLUSH the image shows each node's regions dirty; after the CLEARs + FLUSHes, none."""
     image = make_image(tmp_path / "shared-log.img")
-    created = threading.Barrier(len(NODES))
-    flushed = threading.Barrier(len(NODES))
-    looked = threading.Barrier(len(NODES))
-    cleared = threading.Barrier(len(NODES))
-    looked_again = threading.Barrier(len(NODES))
+    created, flushed, looked, cleared, looked_again = phases(5)
     # one node suspends at a time, so each departure is seen on its own; all members
     # suspending at once: test_all_members_suspend_at_once_and_the_last_write_keeps_the_marks
-    departed = [threading.Barrier(len(NODES)) for _ in NODES]
+    departed = phases(len(NODES))
 
     def dirty_on_disk() -> set[int]:
         return decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
@@ -356,9 +347,7 @@ def test_disk_log_on_shared_image_holds_every_nodes_marks(
 def test_view_shows_the_leader_and_the_members(rig3: CorosyncRig, tmp_path: Path) -> None:
     """Each node's view: ``node`` says ``<id> leader`` on exactly one node and ``<id> member``
     on the others; the log's ``members`` file lists the same nodes, leader first, everywhere."""
-    created = threading.Barrier(len(NODES))
-    synced = threading.Barrier(len(NODES))
-    looked = threading.Barrier(len(NODES))
+    created, synced, looked = phases(3)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> tuple[str, str]:
         await mirror.create()
@@ -395,9 +384,7 @@ def test_partition_without_quorum_holds_flush(rig3: CorosyncRig, tmp_path: Path)
     """Node 3 is cut off: it loses quorum and its FLUSH is not answered (writes wait), while
     the quorate majority (nodes 1, 2) keeps confirming FLUSH."""
     held_for = 3.0  # seconds the isolated node's FLUSH must stay unanswered
-    created = threading.Barrier(len(NODES))
-    isolated = threading.Barrier(len(NODES))
-    checked = threading.Barrier(len(NODES))
+    created, isolated, checked = phases(3)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> bool:
         await mirror.create()
@@ -434,9 +421,7 @@ def test_partition_without_quorum_holds_flush(rig3: CorosyncRig, tmp_path: Path)
 def test_table_reload_rejoins_with_the_group_state(rig3: CorosyncRig, tmp_path: Path) -> None:
     """Node 2 reloads its table (CTR of a new instance, suspend of the old, RESUME of the new,
     DTR of the old): the new instance joins the group again and sees node 1's mark."""
-    created = threading.Barrier(len(NODES))
-    marked = threading.Barrier(len(NODES))
-    reloaded = threading.Barrier(len(NODES))
+    created, marked, reloaded = phases(3)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> list[bool]:
         await mirror.create()
@@ -473,13 +458,8 @@ def test_leader_killed_new_leader_confirms_flush_and_keeps_crash_marks_on_disk(
     11 marked, node 2's MARK + FLUSH is confirmed (by the new leader's writes), and the image
     shows both 11 (a torn write may lie there) and 22 dirty; 11 answers IN_SYNC 0."""
     image = make_image(tmp_path / "shared-log.img")
-    first = threading.Barrier(len(NODES))
-    created = threading.Barrier(len(NODES))
-    marked = threading.Barrier(len(NODES))
-    killed = threading.Barrier(len(NODES))
-    flushed = threading.Barrier(len(NODES))
-    looked = threading.Barrier(len(NODES))
-    departed = [threading.Barrier(len(NODES)) for _ in (3, 2)]
+    first, created, marked, killed, flushed, looked = phases(6)
+    departed = phases(2)  # nodes 3, then 2
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
         await create_with_node_1_first(node_id, mirror, first)
@@ -574,14 +554,8 @@ def test_leader_frozen_mid_flush_new_leader_confirms_it_after_its_full_write(
     No read of the image, from node 1's FLUSH to the end, shows a confirmed mark clean."""
     held_for = 1.5  # seconds the FLUSHes must stay unanswered while the leader is frozen
     image = make_image(tmp_path / "shared-log.img")
-    first = threading.Barrier(len(NODES))
-    created = threading.Barrier(len(NODES))
-    marked = threading.Barrier(len(NODES))
-    frozen = threading.Barrier(len(NODES))
-    held = threading.Barrier(len(NODES))
-    killed = threading.Barrier(len(NODES))
-    looked = threading.Barrier(len(NODES))
-    departed = [threading.Barrier(len(NODES)) for _ in (3, 2)]
+    first, created, marked, frozen, held, killed, looked = phases(7)
+    departed = phases(2)  # nodes 3, then 2
     early = {1: {11, 12}, 3: {33}}  # marked and flushed before the freeze
     late = {2: 22, 3: 32}  # marked and flushed while the leader is frozen
 
@@ -657,13 +631,7 @@ def test_all_members_suspend_at_once_and_the_last_write_keeps_the_marks(
     Every PRESUSPEND, POSTSUSPEND and DTR is answered 0 on every node, and the image shows
     the final state: the parked marks 11, 21, 31 dirty, the cleared 10, 20, 30 clean."""
     image = make_image(tmp_path / "shared-log.img")
-    first = threading.Barrier(len(NODES))
-    created = threading.Barrier(len(NODES))
-    flushed = threading.Barrier(len(NODES))
-    looked = threading.Barrier(len(NODES))
-    cleared = threading.Barrier(len(NODES))
-    looked_again = threading.Barrier(len(NODES))
-    presuspended = threading.Barrier(len(NODES))
+    first, created, flushed, looked, cleared, looked_again, presuspended = phases(7)
 
     def dirty_on_disk() -> set[int]:
         return decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)

@@ -9,7 +9,6 @@ held FLUSH is confirmed. Every node then answers alike and the image shows every
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.cluster.test_daemon_cluster import (
     create_with_node_1_first,
     meet,
     on_all_nodes,
+    phases,
 )
 from tests.integration.harness import Daemon
 from tests.integration.test_disk import BLOCK, decode_disk, make_image
@@ -47,13 +47,8 @@ def test_isolated_node_holds_flush_and_resumes_when_the_link_returns(
     rig3: CorosyncRig, tmp_path: Path
 ) -> None:
     image = make_image(tmp_path / "shared-log.img")
-    first = threading.Barrier(len(NODES))
-    created = threading.Barrier(len(NODES))
-    isolated = threading.Barrier(len(NODES))
-    majority_done = threading.Barrier(len(NODES))
-    healed = threading.Barrier(len(NODES))
-    checked = threading.Barrier(len(NODES))
-    departed = [threading.Barrier(len(NODES)) for _ in (3, 2, 1)]
+    first, created, isolated, majority_done, healed, checked = phases(6)
+    departed = phases(3)  # nodes 3, 2, then 1
     during: dict[str, object] = {}
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
@@ -138,11 +133,7 @@ def test_every_node_cut_off_then_healed_merges_on_one_copy(
     """All three links down: no node is quorate and every FLUSH is held. The links come back:
     no side kept the state, so the lowest node's copy is taken, the others re-assert their
     marks on it, and every held FLUSH is confirmed; all nodes then answer alike."""
-    created = threading.Barrier(len(NODES))
-    cut = threading.Barrier(len(NODES))
-    flushing = threading.Barrier(len(NODES))
-    healed = threading.Barrier(len(NODES))
-    checked = threading.Barrier(len(NODES))
+    created, cut, flushing, healed, checked = phases(5)
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> object:
         await mirror.create()
