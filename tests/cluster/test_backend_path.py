@@ -53,13 +53,19 @@ def backend(nursery: trio.Nursery) -> ClusterBackend:
     return ClusterBackend(nursery, node_id=1)
 
 
+async def sending(nursery: trio.Nursery, group: FakeGroup) -> tuple[ClusterBackend, _Member]:
+    """A backend and a member whose sender task runs (and waits) on ``group``."""
+    cluster = backend(nursery)
+    member, receive = member_with_outbox()
+    nursery.start_soon(cluster._sender, member, group, receive, nursery.cancel_scope)
+    await trio.testing.wait_all_tasks_blocked()
+    return cluster, member
+
+
 async def test_nothing_queued_multicasts_directly() -> None:
     group = FakeGroup()
     async with trio.open_nursery() as nursery:
-        cluster = backend(nursery)
-        member, receive = member_with_outbox()
-        nursery.start_soon(cluster._sender, member, group, receive, nursery.cancel_scope)
-        await trio.testing.wait_all_tasks_blocked()
+        cluster, member = await sending(nursery, group)
         for i in range(5):
             cluster._multicast(member, bytes([i]))
         assert group.direct == group.wire == [bytes([i]) for i in range(5)]
@@ -87,10 +93,7 @@ async def test_before_the_sender_runs_messages_queue_in_order() -> None:
 async def test_try_again_queues_and_later_messages_wait_behind_it() -> None:
     group = FakeGroup(try_again=1)
     async with trio.open_nursery() as nursery:
-        cluster = backend(nursery)
-        member, receive = member_with_outbox()
-        nursery.start_soon(cluster._sender, member, group, receive, nursery.cancel_scope)
-        await trio.testing.wait_all_tasks_blocked()
+        cluster, member = await sending(nursery, group)
         group.release = trio.Event()  # the sender's send is held (corosync still full)
         cluster._multicast(member, b"1")  # TRY_AGAIN: queued
         cluster._multicast(member, b"2")  # something queued: never direct
@@ -113,10 +116,7 @@ async def test_a_failed_direct_multicast_is_raised_by_the_sender_task() -> None:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            cluster = backend(nursery)
-            member, receive = member_with_outbox()
-            nursery.start_soon(cluster._sender, member, group, receive, nursery.cancel_scope)
-            await trio.testing.wait_all_tasks_blocked()
+            cluster, member = await sending(nursery, group)
             cluster._multicast(member, b"x")  # never raises into the caller (the service)
 
     with pytest.raises(ExceptionGroup) as caught:
@@ -128,10 +128,7 @@ async def test_a_failed_direct_multicast_is_raised_by_the_sender_task() -> None:
 async def test_after_leave_a_multicast_fails_as_before() -> None:
     group = FakeGroup()
     async with trio.open_nursery() as nursery:
-        cluster = backend(nursery)
-        member, receive = member_with_outbox()
-        nursery.start_soon(cluster._sender, member, group, receive, nursery.cancel_scope)
-        await trio.testing.wait_all_tasks_blocked()
+        cluster, member = await sending(nursery, group)
         assert member.outbox is not None
         member.outbox.close()
         with pytest.raises(trio.ClosedResourceError):
