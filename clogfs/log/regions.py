@@ -380,10 +380,13 @@ class RegionState:
             if length < 1 or start + length > self.region_count:
                 raise KernelProtocolError(f"out-of-sync range {start}+{length} out of range")
         for start, length in out_of_sync:
-            for region in range(start, start + length):
-                if self.sync.clear(region):
-                    self.sync_count -= 1
+            end = start + length
+            region = self.sync.first_set(start)  # only regions still in sync change (I2)
+            while region is not None and region < end:
+                self.sync.clear(region)
+                self.sync_count -= 1
                 self._clear_clean(region)
+                region = self.sync.first_set(region + 1)
             self.in_sync_sticky = False
         self.mark(marks, node)
         if halted:

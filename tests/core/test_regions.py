@@ -6,6 +6,8 @@ import errno
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clogfs.errors import KernelProtocolError
 from clogfs.log.bitmap import Bitmap
@@ -423,3 +425,29 @@ def test_2_24_regions_are_cheap() -> None:
     assert state.get_resync_work(A) == (True, 2**24 - 2)
     assert state.is_remote_recovering(2**24 - 2, A) == (True, 2**24 - 2)
     assert time.perf_counter() - started < 1.0
+
+
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=70),
+    st.lists(st.tuples(st.integers(0, 69), st.integers(1, 70)), max_size=4),
+)
+def test_reassert_out_of_sync_equals_setting_each_region_out_of_sync(
+    sync: list[bool], spans: list[tuple[int, int]]
+) -> None:
+    n = len(sync)
+    ranges = [(start, min(length, n - start)) for start, length in spans if start < n]
+    fast, slow = RegionState(n, nosync=False), RegionState(n, nosync=False)
+    for state in (fast, slow):
+        for region, bit in enumerate(sync):
+            state.set_region_sync(region, bit, 1)
+            if bit:
+                state.clear((region,), 1)
+        state.take_pending()
+    fast.reassert(2, floor=0, halted=False, marks=(), out_of_sync=ranges)
+    for start, length in ranges:
+        for region in range(start, start + length):
+            slow.set_region_sync(region, False, 2)
+        slow.in_sync_sticky = False
+    assert fast.export_fields() == slow.export_fields()
+    assert fast.take_pending() == slow.take_pending()
+    check_invariants(fast)
