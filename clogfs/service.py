@@ -11,7 +11,8 @@ Cluster mode (``--cluster corosync``, a ``cluster`` port given): the RESUME of a
 instance makes it a member of its log's group, and every ordered request of a member (the
 cluster's ordered set, ``clogfs.cluster.messages.ORDERED_REQUESTS``, which adds RESUME and DTR)
 goes to the cluster backend instead of the local group; the instance is busy until the backend
-answers (``AwaitCluster``, awaited in ``_drain``), the reply being the replica's ``Answer``.
+answers (``AwaitCluster``: the reply is sent inside the backend's answer when nothing waits
+behind it, else by ``_drain``), the reply being the replica's ``Answer``.
 Read-only requests keep the local fast path (answered from the local replica). Instances that
 are not members (constructed, suspended) keep the local path. Without a cluster port nothing
 changes.
@@ -74,17 +75,31 @@ log = logging.getLogger(__name__)
 
 
 class AwaitCluster:
-    """An ordered request handed to the cluster backend: its reply comes later."""
+    """An ordered request handed to the cluster backend: its reply comes later.
+
+    The reply reaches either a task awaiting :meth:`wait` or, set with :meth:`then`, a
+    callback run synchronously inside :meth:`resolve` (the hot path: no task switch between
+    the backend's answer and the reply datagram).
+    """
 
     def __init__(self) -> None:
         self._done = trio.Event()
         self.reply: Reply | None = None
+        self._then: Callable[[Reply], None] | None = None
 
     def resolve(self, reply: Reply) -> None:
-        """Record the reply (the first one wins) and wake the waiter."""
+        """Record the reply (the first one wins), wake the waiter, run the callback."""
         if self.reply is None:
             self.reply = reply
             self._done.set()
+            if self._then is not None:
+                self._then(reply)
+
+    def then(self, callback: Callable[[Reply], None]) -> None:
+        """Run ``callback(reply)`` on resolution (at once if resolved already)."""
+        self._then = callback
+        if self.reply is not None:
+            callback(self.reply)
 
     async def wait(self) -> Reply:
         """The reply, once resolved."""
@@ -324,7 +339,11 @@ class LogService:
             self._after(instance)
             return
         queue.busy = True
-        self.nursery.start_soon(self._drain, instance, ticket, outcome)
+        if isinstance(outcome, AwaitCluster):
+            wait = outcome
+            wait.then(lambda reply: self._cluster_answered(instance, ticket, wait, reply))
+        else:
+            self.nursery.start_soon(self._drain, instance, (ticket, outcome))
 
     def _note_protocol(self, header: RequestHeader) -> None:
         name = "take5" if header.protocol is Protocol.TAKE5 else f"ulog-v{max(header.version, 1)}"
@@ -443,11 +462,28 @@ class LogService:
                 mark_failed()
             return Reply(error=-errno.EIO)
 
-    async def _drain(self, instance: LogInstance, ticket: Ticket, outcome: Outcome) -> None:
+    def _cluster_answered(
+        self, instance: LogInstance, ticket: Ticket, wait: AwaitCluster, reply: Reply
+    ) -> None:
+        """The backend answered a busy instance's request (called inside its answer).
+
+        With nothing queued behind it the reply goes out at once and the instance is idle
+        again. Otherwise, and after a DTR that destroyed the instance, ``_drain`` sends it and
+        goes on, in a task of its own (the backend is mid-way through its actions here).
+        """
+        queue = self._queues[instance.key]
+        if queue.pending or instance.lifecycle is Lifecycle.DESTROYED:
+            self.nursery.start_soon(self._drain, instance, (ticket, wait))
+            return
+        self._finish(ticket, reply)
+        queue.busy = False
+        self._after(instance)
+
+    async def _drain(self, instance: LogInstance, first: tuple[Ticket, Outcome]) -> None:
         """Serve a busy instance until its queue is empty (group commit lives here)."""
         queue = self._queues[instance.key]
         waiters: list[tuple[Ticket, Reply]] = []
-        current: tuple[Ticket, Outcome] | None = (ticket, outcome)
+        current: tuple[Ticket, Outcome] | None = first
         try:
             while True:
                 if current is not None:
