@@ -448,3 +448,116 @@ async def test_two_waiters_for_one_seq_are_refused() -> None:
         with pytest.raises(ValueError, match="already waits"):
             await emu.expect_reply(99)
         nursery.cancel_scope.cancel()
+
+
+# --- blocking requests (benchmarks: the thread waits in recv, as the kernel's caller) -------
+
+
+class ThreadResponder:
+    """A stdlib connector socket answered from a thread of its own (the test's trio thread
+    blocks in ``request_blocking``): each request from ``peer`` gets ``answers[seq]`` back,
+    unless that is None (no reply); ``order`` lists the seqs to answer once all have come."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(5)
+        self.port_id: int = self.sock.getsockname()[0]
+        self.peer = -1
+        self.seen: list[RequestHeader] = []
+
+    def serve(self, count: int, order: list[int] | None = None, forge: bool = False) -> None:
+        """Receive ``count`` requests, then reply to them (in ``order`` of seqs if given);
+        with ``forge`` a reply from another socket and a malformed one go first."""
+        while len(self.seen) < count:
+            datagram, address = self.sock.recvfrom(65536)
+            if address[0] != self.peer:
+                continue
+            for msg in split_datagram(datagram):
+                assert isinstance(msg, ConnectorMessage)
+                protocol = classify(msg.payload)
+                assert protocol is not None
+                self.seen.append(decode_request(msg.payload, protocol)[0])
+        by_seq = {h.seq: h for h in self.seen}
+        for seq in order if order is not None else list(by_seq):
+            header = by_seq[seq]
+            data = struct.pack("=q", seq)
+            reply = encode_reply(header, error=0, data=data, nlmsg_pid=self.port_id)
+            if forge:
+                family = socket.AF_NETLINK
+                with socket.socket(family, socket.SOCK_DGRAM, NETLINK_CONNECTOR) as other:
+                    other.bind((0, 0))
+                    other.sendto(encode_reply(header, error=-errno.EIO), (self.peer, 0))
+                self.sock.sendto(reply[:-1], (self.peer, 0))
+            self.sock.sendto(reply, (self.peer, 0))
+
+
+async def test_blocking_request_gets_its_reply_and_trio_use_goes_on() -> None:
+    resp = ThreadResponder()
+    with resp.sock:
+        async with open_kernel_emulator(daemon_port=resp.port_id, timeout=5) as emu:
+            resp.peer = emu.port_id
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, resp.serve, 1)
+                await trio.sleep(0.05)  # the thread is receiving
+                with emu.blocking():
+                    reply = emu.request_blocking(T.IN_SYNC, UUID, luid=LUID,
+                                                 data=struct.pack("=Q", 3))  # fmt: skip
+            assert (reply.error, reply.seq, reply.data) == (0, 0, struct.pack("=q", 0))
+            (header,) = resp.seen
+            assert (header.uuid, header.luid, header.request_type) == (UUID, LUID, T.IN_SYNC)
+            # back to trio: the socket is non-blocking again and the reply task serves it
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, resp.serve, 2)
+                reply = await emu.request(T.FLUSH, UUID, luid=LUID)
+            assert (reply.error, reply.seq) == (0, 1)
+            assert not emu.malformed_replies
+
+
+async def test_blocking_request_hands_other_replies_to_their_waiters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply for an async waiter, one from a foreign port and a malformed one arrive while
+    the thread blocks: only its own reply ends the wait; the waiter gets its reply."""
+    caplog.set_level(logging.WARNING, logger="clogfs.netlink.emulator")
+    resp = ThreadResponder()
+    with resp.sock:
+        async with open_kernel_emulator(daemon_port=resp.port_id, timeout=5) as emu:
+            resp.peer = emu.port_id
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, resp.serve, 2, [0, 1], True)
+                waiting: list[object] = []
+
+                async def ask() -> None:
+                    waiting.append(await emu.request(T.GET_SYNC_COUNT, UUID, luid=LUID))
+
+                nursery.start_soon(ask)
+                await trio.sleep(0.05)  # seq 0 sent, its task waits
+                with emu.blocking():
+                    mine = emu.request_blocking(T.GET_SYNC_COUNT, UUID, luid=LUID)
+                assert (mine.seq, mine.error, mine.data) == (1, 0, struct.pack("=q", 1))
+            (theirs,) = waiting
+            assert isinstance(theirs, type(mine))
+            assert (theirs.seq, theirs.error, theirs.data) == (0, 0, struct.pack("=q", 0))
+            assert len(emu.malformed_replies) == 2  # the truncated replies to seqs 0 and 1
+
+
+async def test_blocking_request_without_reply_times_out() -> None:
+    resp = ThreadResponder()
+    with resp.sock:
+        async with open_kernel_emulator(daemon_port=resp.port_id, timeout=0.2) as emu:
+            with emu.blocking():
+                started = trio.current_time()
+                with pytest.raises(TimeoutError, match="seq 0"):
+                    emu.request_blocking(T.GET_SYNC_COUNT, UUID)
+                assert trio.current_time() - started >= 0.19
+
+
+async def test_blocking_request_only_inside_blocking() -> None:
+    async with open_kernel_emulator(daemon_port=1, timeout=0.2) as emu:
+        with pytest.raises(RuntimeError, match="outside blocking"):
+            emu.request_blocking(T.GET_SYNC_COUNT, UUID)
+        with emu.blocking(), pytest.raises(RuntimeError, match="already"), emu.blocking():
+            pass
+        with pytest.raises(RuntimeError, match="outside blocking"):
+            emu.request_blocking(T.GET_SYNC_COUNT, UUID)
