@@ -5,26 +5,28 @@ Floor: a member on node 1 multicasts 200-byte messages with AGREED order through
 in flight (latency: p50, p99, messages/s) and with a window of messages in flight
 (throughput). Measured on a one-node and on a three-node corosync rig (tests/cluster/rig.py:
 one network namespace per node, knet over veth, token 1000 ms, sched_rr off); on three nodes
-nodes 2 and 3 run a member that only receives, so every message is ordered by all three.
+nodes 2 and 3 run a member that only receives, so every message is ordered by all three, each
+in a process of its own as the daemons are (as threads of one process sharing the GIL they
+measured a 7-26 % lower floor here).
 
 Replicated log (issue #7), on each rig right after its floor: one clogfsd ``--cluster
 corosync`` and one kernel emulator per node (the helpers of
 tests/cluster/test_daemon_cluster.py), one ``clustered-core`` log of 64 regions resumed on
-every node (node 1 first, so it is the leader; the others join and get its checkpoint).
-Node 1 then runs rounds; each times the raw CPG round trip again (every node's bench thread
-a member, the daemons idle) and then, one request in flight, the per-write sequence dm-raid1
-sends for a write to a clean region (IN_SYNC, IN_SYNC, MARK_REGION, FLUSH, CLEAR_REGION,
-FLUSH; a different region each time) and FLUSH alone (nothing pending). The requests are
-timed as the kernel's caller waits for them: node 1's thread blocks in recv(2) on the
-emulator's socket (``KernelEmulator.blocking``), so the emulator's own trio task switches
-(20-80 us a reply here, which the kernel's connector does not pay) are not counted; every
-netlink hop, the daemon and corosync are. Printed: p50/p99 of
-each request and of the whole sequence, pooled over the rounds, and, as the median over the
-rounds, each state-changing request's p50 over the same round's CPG p50 (target <= 1.3: the
-replica answers a state-changing request after one multicast, cmirrord pays two), also after
-taking off the round's IN_SYNC p50 (answered from the local replica: the netlink, emulator
-and daemon part every request pays). Pairing by round keeps a busy spell of the shared host
-from landing on one side of a ratio only.
+every node (node 1 first, so it is the leader; the others join and get its checkpoint). Node
+1 then runs rounds; each times the raw CPG round trip again (node 1's bench thread and the
+receive-only member processes, the daemons idle) and then, one request in flight, the
+per-write sequence dm-raid1 sends for a write to a clean region (IN_SYNC, IN_SYNC, MARK_REGION,
+FLUSH, CLEAR_REGION, FLUSH; a different region each time) and FLUSH alone (nothing pending).
+The requests are timed as the kernel's caller waits for them: node 1's thread blocks in
+recv(2) on the emulator's socket (``KernelEmulator.blocking``), so the emulator's own trio
+task switches (20-80 us a reply here, which the kernel's connector does not pay) are not
+counted; every netlink hop, the daemon and corosync are. Printed: p50/p99 of each request
+and of the whole sequence, pooled over the rounds, and, as the median over the rounds, each
+state-changing request's p50 over the same round's CPG p50 (target <= 1.3: the replica
+answers a state-changing request after one multicast, cmirrord pays two), also after taking
+off the round's IN_SYNC p50 (answered from the local replica: the netlink, emulator and
+daemon part every request pays). Pairing by round keeps a busy spell of the shared host from
+landing on one side of a ratio only.
 
 spec/cluster.md reports, on this kind of machine: 3 nodes p50 0.37-0.47 ms, p99 0.7-0.8 ms,
 2.3 k msg/s with one in flight, 25-33 k/s with 32; 1 node p50 0.09-0.14 ms, 108-118 k/s with 32.
@@ -37,11 +39,14 @@ with corosync installed. About 40 s with the defaults; every wait is bounded.
 from __future__ import annotations
 
 import argparse
+import select
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,29 +154,44 @@ async def measure(nodes: int, samples: int, window: int) -> tuple[list[float], f
     return times, window_rate
 
 
-async def listener(stop: threading.Event) -> None:
-    """A member that only receives, until ``stop`` is set."""
-    async with open_cpg_group(GROUP) as group, trio.open_nursery() as nursery:
+@contextmanager
+def receiving_members(rig: CorosyncRig) -> Iterator[None]:
+    """A receive-only member of the bench group on every node but node 1, each in a process
+    of its own (``tests.cluster.client --drain``), as the daemons are, until exit.
 
-        async def drain() -> None:
-            async for _ in group:
-                pass
-
-        nursery.start_soon(drain)
-        await trio.to_thread.run_sync(stop.wait)
-        nursery.cancel_scope.cancel()
+    Raises:
+        RuntimeError: a member did not report its join within ``DEADLINE``.
+    """
+    members = [
+        rig.spawn_in_node(n, "tests.cluster.client", GROUP.decode(), "--drain")
+        for n in sorted(rig.nodes)
+        if n != 1
+    ]
+    try:
+        for member in members:
+            assert member.stdout is not None
+            ready, _, _ = select.select([member.stdout], [], [], DEADLINE)
+            if not ready or not member.stdout.readline():
+                member.kill()
+                _, err = member.communicate()
+                raise RuntimeError(f"a receive-only CPG member did not join: {err.strip()}")
+        yield
+    finally:
+        for member in members:
+            if member.stdin is not None:
+                member.stdin.close()  # it leaves the group and exits
+        for member in members:
+            try:
+                member.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                member.kill()
+                member.wait()
 
 
 def run(rig: CorosyncRig, samples: int, window: int) -> Row:
     """Measure on a started rig (node 1 sends, the others listen)."""
-    stop = threading.Event()
-    listeners = [rig.start_trio_in_node(n, listener, stop) for n in rig.nodes if n != 1]
-    try:
+    with receiving_members(rig):
         times, window_rate = rig.run_trio_in_node(1, measure, len(rig.nodes), samples, window)
-    finally:
-        stop.set()
-        for call in listeners:
-            call.result()
     quantiles = statistics.quantiles(times, n=100)
     return Row(
         nodes=len(rig.nodes),
@@ -274,7 +294,8 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
 
     Node 1 resumes the log first (the leader), then the other nodes join; all are members
     while node 1 measures. Each of ``rounds`` rounds times ``samples`` raw CPG round trips
-    (every node's thread is also a member of the bench's CPG group, receiving only), then
+    (node 1's thread and the other nodes' receive-only member processes in the bench's CPG
+    group), then
     ``sequences`` per-write sequences and ``flushes`` lone FLUSHes of the log, so a busy
     spell of the shared host slows a round's floor and its requests alike. Afterwards the
     nodes suspend and remove the log one at a time, node 1 last.
@@ -296,17 +317,6 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
                     per_round.append((cpg, time_log_requests(mirror, sequences, flushes)))
         return per_round
 
-    async def listen_until_measured() -> None:
-        async with open_cpg_group(GROUP) as group, trio.open_nursery() as nursery:
-
-            async def drain() -> None:
-                async for _ in group:
-                    pass
-
-            nursery.start_soon(drain)
-            await meet(measured)
-            nursery.cancel_scope.cancel()
-
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> Times | None:
         if node_id == 1:
             await mirror.create()
@@ -319,9 +329,7 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
         if node_id == 1:
             await mirror.call(T.FLUSH, ())  # ordered after every join
             per_round = await measure_rounds(mirror)
-            await meet(measured)
-        else:
-            await listen_until_measured()
+        await meet(measured)
         for departing, barrier in zip(reversed(nodes), departed, strict=True):
             if node_id == departing:
                 await mirror.suspend()
@@ -329,7 +337,7 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
             await meet(barrier)
         return per_round
 
-    with tempfile.TemporaryDirectory(prefix="clogfs-bench-cluster-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="clogfs-bench-cluster-") as tmp, receiving_members(rig):
         results = on_all_nodes(rig, Path(tmp), LOG_UUID, LOG_CTR, body)
     per_round: Times = results[1]
     cpg_all = [t for cpg, _ in per_round for t in cpg]
