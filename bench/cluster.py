@@ -56,7 +56,13 @@ from clogfs.cluster.cpg import ConfChange, CpgGroup, Deliver, open_cpg_group
 from clogfs.netlink.emulator import EmulatedMirror
 from clogfs.netlink.requests import RequestType as T
 from tests.cluster.rig import CorosyncRig, open_rig
-from tests.cluster.test_daemon_cluster import REGION_SECTORS, REGIONS, meet, on_all_nodes
+from tests.cluster.test_daemon_cluster import (
+    REGION_SECTORS,
+    REGIONS,
+    depart_in_turn,
+    meet,
+    on_all_nodes,
+)
 from tests.integration.harness import Daemon
 
 GROUP = b"clogfs-bench"
@@ -330,11 +336,7 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
             await mirror.call(T.FLUSH, ())  # ordered after every join
             per_round = await measure_rounds(mirror)
         await meet(measured)
-        for departing, barrier in zip(reversed(nodes), departed, strict=True):
-            if node_id == departing:
-                await mirror.suspend()
-                await mirror.remove()
-            await meet(barrier)
+        await depart_in_turn(node_id, mirror, nodes[::-1], departed)
         return per_round
 
     with tempfile.TemporaryDirectory(prefix="clogfs-bench-cluster-") as tmp, receiving_members(rig):

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,21 @@ def phases(count: int) -> list[threading.Barrier]:
 async def meet(barrier: threading.Barrier) -> None:
     """Wait (in a worker thread) until every node's thread reached ``barrier``."""
     await trio.to_thread.run_sync(barrier.wait, DEADLINE)
+
+
+async def depart_in_turn(
+    node_id: int,
+    mirror: EmulatedMirror,
+    order: Sequence[int],
+    barriers: Sequence[threading.Barrier],
+) -> None:
+    """The nodes of ``order`` suspend and remove the log one at a time, in that order; each
+    turn ends at its barrier, which every node's thread meets."""
+    for departing, barrier in zip(order, barriers, strict=True):
+        if node_id == departing:
+            await mirror.suspend()
+            await mirror.remove()
+        await meet(barrier)
 
 
 @asynccontextmanager
@@ -329,11 +344,7 @@ def test_disk_log_on_shared_image_holds_every_nodes_marks(
         await mirror.call(T.FLUSH, ())
         unmarked = dirty_on_disk()
         await meet(looked_again)
-        for departing, barrier in zip((3, 2, 1), departed, strict=True):  # the leader last
-            if node_id == departing:
-                await mirror.suspend()
-                await mirror.remove()
-            await meet(barrier)
+        await depart_in_turn(node_id, mirror, (3, 2, 1), departed)  # the leader last
         return marked, unmarked
 
     ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
@@ -483,11 +494,7 @@ def test_leader_killed_new_leader_confirms_flush_and_keeps_crash_marks_on_disk(
                     await mirror.call(T.FLUSH, ())
             dirty = decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
         await meet(looked)
-        for departing, barrier in zip((3, 2), departed, strict=True):  # the leader last
-            if node_id == departing:
-                await mirror.suspend()
-                await mirror.remove()
-            await meet(barrier)
+        await depart_in_turn(node_id, mirror, (3, 2), departed)  # the leader last
         return dirty
 
     ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"
@@ -600,11 +607,7 @@ def test_leader_frozen_mid_flush_new_leader_confirms_it_after_its_full_write(
         watch.require({region})
         in_sync = {r: bool(await mirror.call(T.IN_SYNC, r)) for r in (11, 12, region)}
         await meet(looked)
-        for departing, barrier in zip((3, 2), departed, strict=True):  # the leader last
-            if node_id == departing:
-                await mirror.suspend()
-                await mirror.remove()
-            await meet(barrier)
+        await depart_in_turn(node_id, mirror, (3, 2), departed)  # the leader last
         return unanswered, dirty_while_frozen, dirty_after, in_sync
 
     ctr = f"clustered-disk {image} {REGION_SECTORS} nosync"

@@ -24,6 +24,7 @@ from tests.cluster.test_daemon_cluster import (
     REGIONS,
     clean_map,
     create_with_node_1_first,
+    depart_in_turn,
     meet,
     on_all_nodes,
     phases,
@@ -94,11 +95,7 @@ def test_isolated_node_holds_flush_and_resumes_when_the_link_returns(
         dirty = decode_disk(image.read_bytes()[:BLOCK], REGIONS).dirty_regions(REGIONS)
         writes = log_writes(daemon, tmp_path, node_id)
         await meet(checked)
-        for departing, barrier in zip((3, 2, 1), departed, strict=True):
-            if node_id == departing:
-                await mirror.suspend()
-                await mirror.remove()
-            await meet(barrier)
+        await depart_in_turn(node_id, mirror, (3, 2, 1), departed)
         return seen, dirty, writes
 
     nursery_holder: dict[int, trio.Nursery] = {}
