@@ -214,8 +214,9 @@ class KernelEmulator:
 
         For a benchmark that times the daemon as the kernel sees it: the kernel's side of the
         wire costs microseconds, while :meth:`request` adds two trio task switches (the reply
-        task, then the caller) to every reply. A datagram for another waiter is handed to it
-        as the reply task would; each one restarts the timeout.
+        task, then the caller) to every reply. Every datagram received meanwhile is handled
+        as the reply task would (a reply for another waiter goes to it); each one restarts
+        the timeout.
 
         Raises:
             TimeoutError: no datagram within the emulator's timeout.
@@ -225,27 +226,21 @@ class KernelEmulator:
         if raw is None:
             raise RuntimeError("request_blocking outside blocking()")
         seq = self.allocate_seq()
-        raw.sendto(
-            encode_request(
-                self.protocol, seq=seq, request_type=request_type, uuid=uuid, luid=luid, data=data
-            ),
-            self._destination(),
+        datagram = encode_request(
+            self.protocol, seq=seq, request_type=request_type, uuid=uuid, luid=luid, data=data
         )
-        while True:
-            try:
-                received, address = raw.recvfrom(DATAGRAM_BYTES)
-            except BlockingIOError:  # SO_RCVTIMEO ran out
-                raise TimeoutError(f"no reply to seq {seq} within {self._timeout} s") from None
-            if self._daemon_port is not None and address[0] != self._daemon_port:
-                continue
-            try:
-                reply = decode_reply(received, self.protocol)
-            except LocalProtocolError:
-                self._dispatch(received)  # logged and kept there
-                continue
-            if reply.seq == seq:
-                return reply
-            self._dispatch(received)
+        waiter = self._register(seq)
+        try:
+            raw.sendto(datagram, self._destination())
+            while waiter.reply is None:
+                try:
+                    received, address = raw.recvfrom(DATAGRAM_BYTES)
+                except BlockingIOError:  # SO_RCVTIMEO ran out
+                    raise TimeoutError(f"no reply to seq {seq} within {self._timeout} s") from None
+                self._receive(received, address)
+            return waiter.reply
+        finally:
+            del self._waiters[seq]
 
     async def expect_reply(
         self,
@@ -301,10 +296,15 @@ class KernelEmulator:
                     raise
                 log.warning("emulator socket overflowed: replies were lost")
                 continue
-            if self._daemon_port is not None and address[0] != self._daemon_port:
-                log.debug("ignoring a datagram from port %d", address[0])
-                continue
-            self._dispatch(datagram)
+            self._receive(datagram, address)
+
+    def _receive(self, datagram: bytes, address: tuple[int, int]) -> None:
+        """One received datagram: to its waiter if it comes from the daemon (or anyone, when
+        the emulator multicasts), else ignored."""
+        if self._daemon_port is not None and address[0] != self._daemon_port:
+            log.debug("ignoring a datagram from port %d", address[0])
+            return
+        self._dispatch(datagram)
 
     def _dispatch(self, datagram: bytes) -> None:
         try:
