@@ -69,6 +69,8 @@ CLUSTER_WIRE_VERSION = 1
 HEADER = struct.Struct("<BB")
 # REQUEST: u32 originator, u64 token, u8 request_type (then the arguments)
 REQUEST_HEAD = struct.Struct("<IQB")
+# HEADER and REQUEST_HEAD together: a REQUEST's fixed part, packed and read in one go
+REQUEST_FIXED = struct.Struct("<" + HEADER.format[1:] + REQUEST_HEAD.format[1:])
 REGION_COUNT = struct.Struct("<I")  # u32 number of regions that follow
 REGION = struct.Struct("<Q")  # u64 region
 SET_SYNC_ARGS = struct.Struct("<QB")  # u64 region, u8 in_sync 0/1
@@ -131,6 +133,10 @@ ORDERED_REQUESTS: dict[RequestType, ArgsShape] = {
     RequestType.GET_RESYNC_WORK: ArgsShape.NONE,
     RequestType.SET_REGION_SYNC: ArgsShape.SET_SYNC,
     RequestType.IS_REMOTE_RECOVERING: ArgsShape.REGION,
+}
+# the same by the kernel's request number (REQUEST decoding)
+_ORDERED_BY_NUMBER: dict[int, tuple[RequestType, ArgsShape]] = {
+    int(kind): (kind, shape) for kind, shape in ORDERED_REQUESTS.items()
 }
 
 
@@ -261,7 +267,11 @@ def _node(node: int) -> int:
 
 
 def _regions(values: Sequence[int]) -> bytes:
-    return _pack(REGION_COUNT, len(values)) + b"".join(_pack(REGION, r) for r in values)
+    """The count and the regions, in one pack (REGION_COUNT then REGION each)."""
+    try:
+        return struct.pack(f"<I{len(values)}Q", len(values), *values)
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode regions {values!r}: {exc}") from None
 
 
 def _encode_args(request_type: RequestType, args: object) -> bytes:
@@ -292,9 +302,6 @@ def _encode_args(request_type: RequestType, args: object) -> bytes:
 
 
 def _body(msg: ClusterMessage) -> tuple[ClusterMessageType, bytes]:
-    if isinstance(msg, Request):
-        head = _pack(REQUEST_HEAD, _node(msg.originator), msg.token, int(msg.request_type))
-        return ClusterMessageType.REQUEST, head + _encode_args(msg.request_type, msg.args)
     if isinstance(msg, Join):
         return ClusterMessageType.JOIN, _pack(JOIN_BODY, _node(msg.node), msg.session)
     if isinstance(msg, CheckpointChunk):
@@ -333,6 +340,10 @@ def encode(msg: ClusterMessage) -> bytes:
     Raises:
         LocalProtocolError: a value does not fit its field (a bug in the sender).
     """
+    if isinstance(msg, Request):  # the common message: header and fixed part in one pack
+        head = _pack(REQUEST_FIXED, CLUSTER_WIRE_VERSION, ClusterMessageType.REQUEST,
+                     _node(msg.originator), msg.token, int(msg.request_type))  # fmt: skip
+        return head + _encode_args(msg.request_type, msg.args)
     kind, body = _body(msg)
     return HEADER.pack(CLUSTER_WIRE_VERSION, kind) + body
 
@@ -394,32 +405,53 @@ def _device_state(value: int) -> str:
     return letter
 
 
-def _decode_args(reader: _Reader, request_type: RequestType) -> object:
-    shape = ORDERED_REQUESTS[request_type]
-    if shape is ArgsShape.NONE:
-        return None
-    if shape in (ArgsShape.REGIONS, ArgsShape.REGIONS_NONEMPTY):
-        n = reader.count(REGION.size)
+def _decode_request(data: bytes) -> Request:
+    """A REQUEST (version and type already checked), read in place with ``unpack_from``:
+    every ordered kernel request costs one of these on every member, so it skips the
+    ``_Reader`` copies; the checks are the same."""
+    size = len(data)
+    if size < REQUEST_FIXED.size:
+        raise _request_truncated(size)
+    _version, _kind, originator, token, raw_type = REQUEST_FIXED.unpack_from(data)
+    entry = _ORDERED_BY_NUMBER.get(raw_type)
+    if entry is None:
+        try:
+            name = RequestType(raw_type).name
+        except ValueError:
+            raise ClusterProtocolError(f"request type {raw_type} unknown") from None
+        raise ClusterProtocolError(f"{name} is not an ordered request")
+    request_type, shape = entry
+    at = REQUEST_FIXED.size
+    args: object = None
+    if shape is ArgsShape.REGIONS or shape is ArgsShape.REGIONS_NONEMPTY:
+        if size < at + COUNT.size:
+            raise _request_truncated(size)
+        (n,) = COUNT.unpack_from(data, at)
+        at += COUNT.size
+        if n * REGION.size > size - at:
+            raise ClusterProtocolError(f"REQUEST: count {n} exceeds the message")
         if n == 0 and shape is ArgsShape.REGIONS_NONEMPTY:
             raise ClusterProtocolError(f"{request_type.name} without regions")
-        return struct.unpack(f"<{n}Q", reader.take(n * REGION.size))
-    if shape is ArgsShape.SET_SYNC:
-        region, in_sync = reader.unpack(SET_SYNC_ARGS)
-        return SetRegionSync(region, _flag(in_sync, "in_sync"))
-    (region,) = reader.unpack(REGION)
-    return region
-
-
-def _decode_request(reader: _Reader) -> Request:
-    originator, token, raw_type = reader.unpack(REQUEST_HEAD)
-    try:
-        request_type = RequestType(raw_type)
-    except ValueError:
-        raise ClusterProtocolError(f"request type {raw_type} unknown") from None
-    if request_type not in ORDERED_REQUESTS:
-        raise ClusterProtocolError(f"{request_type.name} is not an ordered request")
-    args = _decode_args(reader, request_type)
+        args = struct.unpack_from(f"<{n}Q", data, at)
+        at += n * REGION.size
+    elif shape is ArgsShape.SET_SYNC:
+        if size < at + SET_SYNC_ARGS.size:
+            raise _request_truncated(size)
+        region, in_sync = SET_SYNC_ARGS.unpack_from(data, at)
+        args = SetRegionSync(region, _flag(in_sync, "in_sync"))
+        at += SET_SYNC_ARGS.size
+    elif shape is ArgsShape.REGION:
+        if size < at + REGION.size:
+            raise _request_truncated(size)
+        (args,) = REGION.unpack_from(data, at)
+        at += REGION.size
+    if at != size:
+        raise ClusterProtocolError(f"REQUEST: {size - at} trailing bytes")
     return Request(_checked_node(originator, "REQUEST"), token, request_type, args)
+
+
+def _request_truncated(size: int) -> ClusterProtocolError:
+    return ClusterProtocolError(f"REQUEST truncated: {size} bytes")
 
 
 def _decode_checkpoint(reader: _Reader) -> CheckpointChunk:
@@ -466,20 +498,23 @@ def decode(data: bytes) -> ClusterMessage:
     Raises:
         ClusterProtocolError: ``data`` is not exactly one well-formed message of this version.
     """
-    reader = _Reader(data, "cluster message")
-    version, raw_kind = reader.unpack(HEADER)
+    if len(data) < HEADER.size:
+        raise ClusterProtocolError(f"cluster message truncated at byte {len(data)}")
+    version, raw_kind = HEADER.unpack_from(data)
     if version != CLUSTER_WIRE_VERSION:
         raise ClusterProtocolError(
             f"cluster wire version {version}, expected {CLUSTER_WIRE_VERSION}"
         )
+    if raw_kind == ClusterMessageType.REQUEST:
+        return _decode_request(data)
     try:
         kind = ClusterMessageType(raw_kind)
     except ValueError:
         raise ClusterProtocolError(f"cluster message type {raw_kind} unknown") from None
+    reader = _Reader(data, "cluster message")
+    reader.take(HEADER.size)
     msg: ClusterMessage
-    if kind is ClusterMessageType.REQUEST:
-        msg = _decode_request(reader)
-    elif kind is ClusterMessageType.JOIN:
+    if kind is ClusterMessageType.JOIN:
         node, session = reader.unpack(JOIN_BODY)
         msg = Join(_checked_node(node, "JOIN"), session)
     elif kind is ClusterMessageType.CHECKPOINT:
