@@ -146,6 +146,7 @@ class _Member:
     waiting: set[int] = field(default_factory=set)  # ids of tokens not answered yet
     tokens: dict[int, object] = field(default_factory=dict)
     outbox: trio.MemorySendChannel[bytes] | None = None
+    outbox_closed: bool = False  # closed by Leave or detach: the sender drains, then leaves
     group: CpgGroup | None = None  # set while the sender task runs: direct multicasts allowed
     queued: int = 0  # messages handed to the sender task and not yet accepted by corosync
     nursery: trio.Nursery | None = None
@@ -357,8 +358,7 @@ class ClusterBackend:
                     member.instance.cluster_writer = False
                 else:  # departed (POSTSUSPEND, DTR) or never joined: the local path
                     self._forget(member)
-                if member.outbox is not None:
-                    member.outbox.close()
+                self._close_outbox(member)
 
     def _multicast(self, member: _Member, payload: bytes) -> None:
         """Multicast ``payload`` now if nothing is queued before it, else queue it (in order).
@@ -370,11 +370,7 @@ class ClusterBackend:
         outbox = member.outbox
         assert outbox is not None
         group = member.group
-        if (
-            group is not None
-            and member.queued == 0
-            and outbox.statistics().open_send_channels  # not closed (Leave, detach)
-        ):
+        if group is not None and member.queued == 0 and not member.outbox_closed:
             try:
                 if group.try_send(payload):
                     return
@@ -382,6 +378,13 @@ class ClusterBackend:
                 pass
         outbox.send_nowait(payload)
         member.queued += 1
+
+    @staticmethod
+    def _close_outbox(member: _Member) -> None:
+        """No more messages for the group (Leave, detach); those queued still go out."""
+        if member.outbox is not None:
+            member.outbox.close()
+            member.outbox_closed = True
 
     async def _write(self, member: _Member, write: WriteLog) -> None:
         ok, flush_ok = await member.io.write_log(member.instance, write)
@@ -411,8 +414,7 @@ class ClusterBackend:
             return
         member.detached = True
         member.instance.cluster_writer = False
-        if member.outbox is not None:
-            member.outbox.close()
+        self._close_outbox(member)
         waiting = [member.tokens[i] for i in list(member.waiting)]
         if waiting:
             log.error("[%s] %s: %d waiting request(s) answered EIO", member.tag, why,

@@ -130,7 +130,7 @@ async def test_after_leave_a_multicast_fails_as_before() -> None:
     async with trio.open_nursery() as nursery:
         cluster, member = await sending(nursery, group)
         assert member.outbox is not None
-        member.outbox.close()
+        cluster._close_outbox(member)  # as Leave and detach do
         with pytest.raises(trio.ClosedResourceError):
             cluster._multicast(member, b"late")
     assert group.wire == []
