@@ -28,6 +28,14 @@ off the round's IN_SYNC p50 (answered from the local replica: the netlink, emula
 daemon part every request pays). Pairing by round keeps a busy spell of the shared host from
 landing on one side of a ratio only.
 
+Relay (the design's shape without the log): each round, after the log's requests, node 1 also
+times MARK_REGION requests through ``bench._relay``, a Python trio process on node 1 built from
+clogfsd's own socket and CPG pieces that answers each request after one multicast of a fixed
+message comes back in its own delivery, keeping no state (its group's other members are
+receive-only processes on nodes 2 and 3). Its p50 over the CPG p50 is what the netlink hop and
+one multicast cost before any log work, so the target can be read against it; printed too: the
+state-changing requests' p50 over the relay's p50 (the cost of the log's own work).
+
 spec/cluster.md reports, on this kind of machine: 3 nodes p50 0.37-0.47 ms, p99 0.7-0.8 ms,
 2.3 k msg/s with one in flight, 25-33 k/s with 32; 1 node p50 0.09-0.14 ms, 108-118 k/s with 32.
 
@@ -40,21 +48,24 @@ from __future__ import annotations
 
 import argparse
 import select
+import socket
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from clogfs.cluster.cpg import ConfChange, CpgGroup, Deliver, open_cpg_group
-from clogfs.netlink.emulator import EmulatedMirror
+from clogfs.netlink.emulator import AUTO_PORT_ID, EmulatedMirror, KernelEmulator
 from clogfs.netlink.requests import RequestType as T
+from clogfs.netlink.requests import encode_payload
+from clogfs.netlink.wire import NETLINK_CONNECTOR, Protocol
 from tests.cluster.rig import CorosyncRig, open_rig
 from tests.cluster.test_daemon_cluster import (
     REGION_SECTORS,
@@ -66,6 +77,7 @@ from tests.cluster.test_daemon_cluster import (
 from tests.integration.harness import Daemon
 
 GROUP = b"clogfs-bench"
+RELAY_GROUP = b"clogfs-bench-relay"  # bench._relay on node 1, receive-only members elsewhere
 MESSAGE_BYTES = 200
 DEADLINE = 60.0
 LOG_UUID = b"CLOGFS-BENCH-CLUSTER-1"
@@ -82,6 +94,7 @@ SEQUENCE = (
 )
 FLUSH_ALONE = "FLUSH alone"
 TOTAL = "per-write sequence"
+RELAY = "relay (no log)"
 LOCAL = "IN_SYNC"
 STATE_CHANGING = frozenset(
     {"MARK_REGION", "FLUSH (marks)", "CLEAR_REGION", "FLUSH (clears)", FLUSH_ALONE}
@@ -161,15 +174,15 @@ async def measure(nodes: int, samples: int, window: int) -> tuple[list[float], f
 
 
 @contextmanager
-def receiving_members(rig: CorosyncRig) -> Iterator[None]:
-    """A receive-only member of the bench group on every node but node 1, each in a process
-    of its own (``tests.cluster.client --drain``), as the daemons are, until exit.
+def receiving_members(rig: CorosyncRig, group: bytes = GROUP) -> Iterator[None]:
+    """A receive-only member of ``group`` on every node but node 1, each in a process of its
+    own (``tests.cluster.client --drain``), as the daemons are, until exit.
 
     Raises:
         RuntimeError: a member did not report its join within ``DEADLINE``.
     """
     members = [
-        rig.spawn_in_node(n, "tests.cluster.client", GROUP.decode(), "--drain")
+        rig.spawn_in_node(n, "tests.cluster.client", group.decode(), "--drain")
         for n in sorted(rig.nodes)
         if n != 1
     ]
@@ -237,6 +250,7 @@ class LogRun:
     cpg_samples: int
     rows: list[LogRow]
     local_ratio: float  # median over the rounds of the IN_SYNC p50 over the CPG p50
+    over_relay: float  # the largest, over the state-changing rows, of p50 / the relay's p50
 
 
 def payload(region: int, kind: bool | None) -> object:
@@ -285,6 +299,57 @@ def time_log_requests(
     return times
 
 
+@asynccontextmanager
+async def open_relay(rig: CorosyncRig) -> AsyncIterator[KernelEmulator]:
+    """``bench._relay`` on node 1 (in a process of its own) and an emulator that sends to it.
+
+    Called in node 1's namespace (its trio thread). The relay joins ``RELAY_GROUP``, whose
+    other members are ``receiving_members(rig, RELAY_GROUP)``; it exits when its standard
+    input closes, on exit.
+
+    Raises:
+        RuntimeError: the relay did not report its port within ``DEADLINE``.
+    """
+    sock = trio.socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    with sock:
+        await sock.bind((AUTO_PORT_ID, 0))
+        relay = rig.spawn_in_node(1, "bench._relay", str(sock.getsockname()[0]),
+                                  RELAY_GROUP.decode())  # fmt: skip
+        try:
+            assert relay.stdout is not None
+            ready, _, _ = select.select([relay.stdout], [], [], DEADLINE)
+            line = relay.stdout.readline() if ready else ""
+            if not line.strip().isdigit():
+                relay.kill()
+                _, err = relay.communicate()
+                raise RuntimeError(f"the relay did not start: {err.strip()}")
+            yield KernelEmulator(sock, Protocol.ULOG, daemon_port=int(line), timeout=DEADLINE)
+        finally:
+            if relay.stdin is not None:
+                relay.stdin.close()
+            try:
+                relay.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait()
+
+
+def time_relay(emu: KernelEmulator, requests: int) -> list[float]:
+    """Seconds per MARK_REGION through the relay, one in flight, waited for in recv(2) as in
+    :func:`time_log_requests` (inside ``emu.blocking()``), after a tenth more untimed."""
+    times = []
+    warm = requests // 10
+    for i in range(warm + requests):
+        data = encode_payload(T.MARK_REGION, (i % REGIONS,), Protocol.ULOG)
+        t0 = time.perf_counter()
+        reply = emu.request_blocking(T.MARK_REGION, LOG_UUID, luid=1, data=data)
+        if i >= warm:
+            times.append(time.perf_counter() - t0)
+        if reply.error:
+            raise RuntimeError(f"the relay answered {reply.error}")
+    return times
+
+
 def p50(values: Sequence[float]) -> float:
     """The median."""
     return statistics.median(values)
@@ -315,12 +380,15 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
 
     async def measure_rounds(mirror: EmulatedMirror) -> Times:
         per_round: Times = []
-        async with open_cpg_group(GROUP) as group:
+        async with open_cpg_group(GROUP) as group, open_relay(rig) as relay:
             await wait_members(group, len(nodes))
             for _ in range(rounds):
                 cpg = await round_trips(group, samples)
                 with mirror.emu.blocking():
-                    per_round.append((cpg, time_log_requests(mirror, sequences, flushes)))
+                    times = time_log_requests(mirror, sequences, flushes)
+                with relay.blocking():
+                    times[RELAY] = time_relay(relay, sequences)
+                per_round.append((cpg, times))
         return per_round
 
     async def body(node_id: int, mirror: EmulatedMirror, daemon: Daemon) -> Times | None:
@@ -339,25 +407,33 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
         await depart_in_turn(node_id, mirror, nodes[::-1], departed)
         return per_round
 
-    with tempfile.TemporaryDirectory(prefix="clogfs-bench-cluster-") as tmp, receiving_members(rig):
+    with (
+        tempfile.TemporaryDirectory(prefix="clogfs-bench-cluster-") as tmp,
+        receiving_members(rig),
+        receiving_members(rig, RELAY_GROUP),
+    ):
         results = on_all_nodes(rig, Path(tmp), LOG_UUID, LOG_CTR, body)
     per_round: Times = results[1]
     cpg_all = [t for cpg, _ in per_round for t in cpg]
     rows = []
-    for label in [*(label for label, _, _ in SEQUENCE), TOTAL, FLUSH_ALONE]:
+    for label in [*(label for label, _, _ in SEQUENCE), TOTAL, FLUSH_ALONE, RELAY]:
         pooled = [t for _, times in per_round for t in times[label]]
         ratio = over_local = None
         if label != LOCAL and label != "IN_SYNC (again)":
             ratio = p50([p50(times[label]) / p50(c) for c, times in per_round])
-            if label != TOTAL:
+            if label not in (TOTAL, RELAY):
                 over_local = p50(
                     [(p50(times[label]) - p50(times[LOCAL])) / p50(c) for c, times in per_round]
                 )
         rows.append(LogRow(label, p50(pooled) * 1e3, p99(pooled) * 1e3, len(pooled), ratio,
                            over_local))  # fmt: skip
     local_ratio = p50([p50(times[LOCAL]) / p50(c) for c, times in per_round])
+    over_relay = max(
+        p50([p50(times[label]) / p50(times[RELAY]) for _, times in per_round])
+        for label in STATE_CHANGING
+    )
     return LogRun(len(nodes), rounds, p50(cpg_all) * 1e3, p99(cpg_all) * 1e3, len(cpg_all), rows,
-                  local_ratio)  # fmt: skip
+                  local_ratio, over_relay)  # fmt: skip
 
 
 def print_log_run(run: LogRun) -> None:
@@ -392,13 +468,19 @@ def print_log_run(run: LogRun) -> None:
     verdict = "met" if not missed else "missed by " + ", ".join(missed)
     print(f"target: every state-changing request's p50 <= {TARGET_RATIO} x the CPG round trip "
           f"p50: {verdict}")  # fmt: skip
-    over = [row.over_local for row in run.rows if row.label in STATE_CHANGING]
-    worst = max((o for o in over if o is not None), default=None)
+    over_local = [row.over_local for row in run.rows if row.label in STATE_CHANGING]
+    worst = max((o for o in over_local if o is not None), default=None)
     if worst is not None:  # what the cluster path adds to a local answer, in round trips
         print(
             f"cluster path alone (p50 - local) / CPG: at most {worst:.2f} (the local part, "
             f"IN_SYNC p50 / CPG p50 = {run.local_ratio:.2f}, is paid by every request)"
         )
+    relay = next(row for row in run.rows if row.label == RELAY)
+    print(
+        f"the design's shape alone, {RELAY!r} (netlink hop, one multicast, own delivery, reply; "
+        f"no log work): p50 / CPG = {relay.ratio:.2f}; the log's state-changing requests take "
+        f"at most {run.over_relay:.2f} x the relay"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
