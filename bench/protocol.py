@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from clogfs.netlink.emulator import open_kernel_emulator
+from clogfs.netlink.emulator import KernelEmulator, open_kernel_emulator
 from clogfs.netlink.requests import RequestType
 from clogfs.netlink.wire import Protocol
 
@@ -71,7 +71,9 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def _drive(emu, n_logs: int, seconds: float, setup: bool) -> tuple[float, list[float]]:
+async def _drive(
+    emu: KernelEmulator, n_logs: int, seconds: float, setup: bool
+) -> tuple[float, list[float]]:
     """Run the per-write sequence on ``n_logs`` logs for ``seconds``; (req/s, latencies)."""
     latencies: list[float] = []
     uuids = [f"BENCH-{n_logs}-{i}-{os.getpid()}".encode() for i in range(n_logs)]
@@ -145,6 +147,7 @@ async def _measure(kind: str, n_logs: int, seconds: float) -> tuple[float, float
                         "WARNING",
                     ],
                     env=env,
+                    text=True,
                 )
                 sock.settimeout(15)
                 sock.recv(100)
