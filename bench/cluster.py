@@ -16,12 +16,14 @@ every node (node 1 first, so it is the leader; the others join and get its check
 1 then runs rounds; each times the raw CPG round trip again (node 1's bench thread and the
 receive-only member processes, the daemons idle) and then, one request in flight, the
 per-write sequence dm-raid1 sends for a write to a clean region (IN_SYNC, IN_SYNC, MARK_REGION,
-FLUSH, CLEAR_REGION, FLUSH; a different region each time) and FLUSH alone (nothing pending).
+FLUSH, CLEAR_REGION, FLUSH; a different region each time), the same write with integrated flush
+(mainline version 3: IN_SYNC, IN_SYNC, a FLUSH carrying the mark, CLEAR_REGION; the clears'
+FLUSH is left to the kernel's 3 s timer) and FLUSH alone (nothing pending).
 The requests are timed as the kernel's caller waits for them: node 1's thread blocks in
 recv(2) on the emulator's socket (``KernelEmulator.blocking``), so the emulator's own trio
 task switches (20-80 us a reply here, which the kernel's connector does not pay) are not
 counted; every netlink hop, the daemon and corosync are. Printed: p50/p99 of each request
-and of the whole sequence, pooled over the rounds, and, as the median over the rounds, each
+and of each whole sequence, pooled over the rounds, and, as the median over the rounds, each
 state-changing request's p50 over the same round's CPG p50 (target <= 1.3: the replica
 answers a state-changing request after one multicast, cmirrord pays two), also after taking
 off the round's IN_SYNC p50 (answered from the local replica: the netlink, emulator and
@@ -41,7 +43,7 @@ spec/cluster.md reports, on this kind of machine: 3 nodes p50 0.37-0.47 ms, p99 
 
 Run: ``python -m bench.cluster [--samples N] [--window W] [--rounds R] [--sequences S]
 [--flushes F]`` from the repository root (the log part imports the test helpers), as root
-with corosync installed. About 40 s with the defaults; every wait is bounded.
+with corosync installed. About 25 s with the defaults; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ LOG_UUID = b"CLOGFS-BENCH-CLUSTER-1"
 LOG_CTR = f"clustered-core {REGION_SECTORS} nosync"
 TARGET_RATIO = 1.3
 # the per-write sequence: (label, request type, whether the payload is the region list)
-SEQUENCE = (
+SEQUENCE: tuple[tuple[str | None, T, bool | None], ...] = (
     ("IN_SYNC", T.IN_SYNC, False),
     ("IN_SYNC (again)", T.IN_SYNC, False),
     ("MARK_REGION", T.MARK_REGION, True),
@@ -92,13 +94,25 @@ SEQUENCE = (
     ("CLEAR_REGION", T.CLEAR_REGION, True),
     ("FLUSH (clears)", T.FLUSH, None),
 )
+# the same write with integrated flush (mainline version 3, EmulatedMirror.write): the mark
+# rides in the FLUSH and the clears' FLUSH waits for the kernel's 3 s timer, so a write costs
+# four requests; its IN_SYNCs have no rows of their own (None), only its ordered requests
+INTEGRATED: tuple[tuple[str | None, T, bool | None], ...] = (
+    (None, T.IN_SYNC, False),
+    (None, T.IN_SYNC, False),
+    ("FLUSH (with the mark)", T.FLUSH, True),
+    ("CLEAR (integrated)", T.CLEAR_REGION, True),
+)
 FLUSH_ALONE = "FLUSH alone"
 TOTAL = "per-write sequence"
+TOTAL_INTEGRATED = "per-write, integrated"
+SEQUENCES = {TOTAL: SEQUENCE, TOTAL_INTEGRATED: INTEGRATED}
 RELAY = "relay (no log)"
 LOCAL = "IN_SYNC"
 STATE_CHANGING = frozenset(
-    {"MARK_REGION", "FLUSH (marks)", "CLEAR_REGION", "FLUSH (clears)", FLUSH_ALONE}
-)
+    {"MARK_REGION", "FLUSH (marks)", "CLEAR_REGION", "FLUSH (clears)", FLUSH_ALONE,
+     "FLUSH (with the mark)", "CLEAR (integrated)"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -254,7 +268,8 @@ class LogRun:
 
 
 def payload(region: int, kind: bool | None) -> object:
-    """The request value: the region, a one-region list, or an empty FLUSH."""
+    """The request value: the region, a one-region list (also a FLUSH carrying the mark), or
+    an empty FLUSH."""
     if kind is None:
         return ()
     return (region,) if kind else region
@@ -263,33 +278,40 @@ def payload(region: int, kind: bool | None) -> object:
 def time_log_requests(
     mirror: EmulatedMirror, sequences: int, flushes: int
 ) -> dict[str, list[float]]:
-    """On node 1's log: seconds per request of ``sequences`` per-write sequences (each to the
-    next region, so always a clean one) and of ``flushes`` lone FLUSHes; a tenth more of each
-    runs first untimed, as warm-up.
+    """On node 1's log: seconds per request of ``sequences`` per-write sequences of each kind
+    (``SEQUENCES``; each to the next region, so always a clean one) and of ``flushes`` lone
+    FLUSHes; a tenth more of each runs first untimed, as warm-up. After the integrated
+    sequences one FLUSH sends what the kernel's timer would (the last clears).
 
     Called inside ``mirror.emu.blocking()``: each request blocks this thread in recv(2) until
     its reply, as the kernel's caller waits, so no trio task switch of the stand-in kernel is
     timed (the emulator's ``request`` adds two per reply, 20-80 us here, which the real
     kernel's connector does not pay). Each wait is bounded by the emulator's timeout.
     """
-    times: dict[str, list[float]] = {label: [] for label, _, _ in SEQUENCE}
-    times[TOTAL] = []
-    times[FLUSH_ALONE] = []
+    times: dict[str, list[float]] = {FLUSH_ALONE: []}
     warm = sequences // 10
-    for i in range(warm + sequences):
-        region = i % REGIONS
-        started = time.perf_counter()
-        step_times = []
-        for _label, rtype, kind in SEQUENCE:
-            t0 = time.perf_counter()
-            result = mirror.call_blocking(rtype, payload(region, kind))
-            step_times.append(time.perf_counter() - t0)
-            if rtype is T.IN_SYNC and result is not True:  # nosync: always in sync
-                raise RuntimeError(f"IN_SYNC of region {region} answered {result!r}")
-        if i >= warm:
-            times[TOTAL].append(time.perf_counter() - started)
-            for (label, _, _), seconds in zip(SEQUENCE, step_times, strict=True):
-                times[label].append(seconds)
+    for total, steps in SEQUENCES.items():
+        times[total] = []
+        for label, _, _ in steps:
+            if label is not None:
+                times[label] = []
+        for i in range(warm + sequences):
+            region = i % REGIONS
+            started = time.perf_counter()
+            step_times = []
+            for _label, rtype, kind in steps:
+                t0 = time.perf_counter()
+                result = mirror.call_blocking(rtype, payload(region, kind))
+                step_times.append(time.perf_counter() - t0)
+                if rtype is T.IN_SYNC and result is not True:  # nosync: always in sync
+                    raise RuntimeError(f"IN_SYNC of region {region} answered {result!r}")
+            if i >= warm:
+                times[total].append(time.perf_counter() - started)
+                for (label, _, _), seconds in zip(steps, step_times, strict=True):
+                    if label is not None:
+                        times[label].append(seconds)
+        if total == TOTAL_INTEGRATED:
+            mirror.call_blocking(T.FLUSH, ())
     warm = flushes // 10
     for i in range(warm + flushes):
         t0 = time.perf_counter()
@@ -416,12 +438,17 @@ def run_log(rig: CorosyncRig, rounds: int, samples: int, sequences: int, flushes
     per_round: Times = results[1]
     cpg_all = [t for cpg, _ in per_round for t in cpg]
     rows = []
-    for label in [*(label for label, _, _ in SEQUENCE), TOTAL, FLUSH_ALONE, RELAY]:
+    labels = [
+        *(label for total, steps in SEQUENCES.items() for label in (*(s[0] for s in steps), total)),
+        FLUSH_ALONE,
+        RELAY,
+    ]
+    for label in (label for label in labels if label is not None):
         pooled = [t for _, times in per_round for t in times[label]]
         ratio = over_local = None
         if label != LOCAL and label != "IN_SYNC (again)":
             ratio = p50([p50(times[label]) / p50(c) for c, times in per_round])
-            if label not in (TOTAL, RELAY):
+            if label not in (*SEQUENCES, RELAY):
                 over_local = p50(
                     [(p50(times[label]) - p50(times[LOCAL])) / p50(c) for c, times in per_round]
                 )
@@ -450,15 +477,15 @@ def print_log_run(run: LogRun) -> None:
         "of p50 / the round's CPG p50"
     )
     print(
-        f"{'request':<20} {'p50 ms':>8} {'p99 ms':>8} {'p50 / CPG':>10} "
+        f"{'request':<22} {'p50 ms':>8} {'p99 ms':>8} {'p50 / CPG':>10} "
         f"{'(p50 - local) / CPG':>20} {'samples':>8}"
     )
     for row in run.rows:
         ratio = f"{row.ratio:>10.2f}" if row.ratio is not None else f"{'(local)':>10}"
         over = f"{row.over_local:>20.2f}" if row.over_local is not None else f"{'':>20}"
-        print(f"{row.label:<20} {row.p50_ms:>8.3f} {row.p99_ms:>8.3f} {ratio} {over} "
+        print(f"{row.label:<22} {row.p50_ms:>8.3f} {row.p99_ms:>8.3f} {ratio} {over} "
               f"{row.samples:>8}")  # fmt: skip
-    print(f"{'CPG round trip':<20} {run.cpg_p50_ms:>8.3f} {run.cpg_p99_ms:>8.3f} {1.0:>10.2f} "
+    print(f"{'CPG round trip':<22} {run.cpg_p50_ms:>8.3f} {run.cpg_p99_ms:>8.3f} {1.0:>10.2f} "
           f"{'':>20} {run.cpg_samples:>8}")  # fmt: skip
     missed = [
         f"{row.label} {row.ratio:.2f}"
