@@ -202,23 +202,43 @@ def receiving_members(rig: CorosyncRig, group: bytes = GROUP) -> Iterator[None]:
     ]
     try:
         for member in members:
-            assert member.stdout is not None
-            ready, _, _ = select.select([member.stdout], [], [], DEADLINE)
-            if not ready or not member.stdout.readline():
-                member.kill()
-                _, err = member.communicate()
-                raise RuntimeError(f"a receive-only CPG member did not join: {err.strip()}")
+            first_line(member, "a receive-only CPG member did not join")
         yield
     finally:
-        for member in members:
-            if member.stdin is not None:
-                member.stdin.close()  # it leaves the group and exits
-        for member in members:
-            try:
-                member.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                member.kill()
-                member.wait()
+        stop(members)
+
+
+def first_line(process: subprocess.Popen[str], failure: str) -> str:
+    """The first line ``process`` prints (its report of being ready), within ``DEADLINE``.
+
+    Raises:
+        RuntimeError: ``failure`` and the process's stderr, if none came (it is killed).
+    """
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], DEADLINE)
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        process.kill()
+        _, err = process.communicate()
+        raise RuntimeError(f"{failure}: {err.strip()}")
+    return line
+
+
+def stop(processes: Sequence[subprocess.Popen[str]]) -> None:
+    """Close each one's stdin (it leaves its CPG group and exits), wait for it (killed after
+    10 s) and close its pipes."""
+    for process in processes:
+        if process.stdin is not None:
+            process.stdin.close()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def run(rig: CorosyncRig, samples: int, window: int) -> Row:
@@ -331,6 +351,7 @@ async def open_relay(rig: CorosyncRig) -> AsyncIterator[KernelEmulator]:
 
     Raises:
         RuntimeError: the relay did not report its port within ``DEADLINE``.
+        ValueError: it printed something else.
     """
     sock = trio.socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
     with sock:
@@ -338,22 +359,10 @@ async def open_relay(rig: CorosyncRig) -> AsyncIterator[KernelEmulator]:
         relay = rig.spawn_in_node(1, "bench._relay", str(sock.getsockname()[0]),
                                   RELAY_GROUP.decode())  # fmt: skip
         try:
-            assert relay.stdout is not None
-            ready, _, _ = select.select([relay.stdout], [], [], DEADLINE)
-            line = relay.stdout.readline() if ready else ""
-            if not line.strip().isdigit():
-                relay.kill()
-                _, err = relay.communicate()
-                raise RuntimeError(f"the relay did not start: {err.strip()}")
-            yield KernelEmulator(sock, Protocol.ULOG, daemon_port=int(line), timeout=DEADLINE)
+            port = int(first_line(relay, "the relay did not start"))
+            yield KernelEmulator(sock, Protocol.ULOG, daemon_port=port, timeout=DEADLINE)
         finally:
-            if relay.stdin is not None:
-                relay.stdin.close()
-            try:
-                relay.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
-                relay.wait()
+            stop([relay])
 
 
 def time_relay(emu: KernelEmulator, requests: int) -> list[float]:
